@@ -1,0 +1,75 @@
+"""Defaults shared by every config; each config file overrides a few fields.
+
+Field names are the project's contract (see README): tools and sweeps set
+them as ``--config.section.field=value``.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Which stages main.py runs, in order: 'teacher', 'distill' (and later 'eval').
+  config.stages = ('teacher',)
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'cifar10'
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)
+  config.dataset.class_conditional = False
+  config.dataset.random_flip = True
+  config.dataset.shuffle_buffer = 50_000
+  config.dataset.prefetch = 2
+
+  config.model = ml_collections.ConfigDict()
+  config.model.ch = 256
+  config.model.emb_ch = 1024
+  config.model.ch_mult = (1, 1, 1)
+  config.model.num_res_blocks = 3
+  config.model.attn_resolutions = (8, 16)
+  config.model.num_heads = 1
+  config.model.head_dim = ml_collections.config_dict.placeholder(int)
+  config.model.dropout = 0.2
+  config.model.resblock_resample = True
+  config.model.mean_type = 'x'
+  config.model.loss_weighting = 'snr_trunc'
+  # Activations/compute dtype of the U-Net ('float32' or 'bfloat16').
+  config.model.dtype = 'float32'
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = 'cosine'
+  config.schedule.logsnr_min = -20.
+  config.schedule.logsnr_max = 20.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128
+  config.train.num_steps = 800_000
+  config.train.learning_rate = 2e-4
+  config.train.warmup_steps = 1000
+  config.train.weight_decay = 1e-3
+  config.train.ema_decay = 0.9999
+  config.train.grad_clip = 1.0
+  # Skip updates whose loss or gradient is not finite (counted in metrics).
+  config.train.skip_nonfinite = True
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 5000
+  config.train.sample_every_steps = 20_000
+  # Number of images in the periodic sample grid and DDIM steps used for it.
+  config.train.num_grid_samples = 64
+  config.train.grid_sample_steps = 128
+
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher_checkpoint = ml_collections.config_dict.placeholder(str)
+  config.distill.start_num_steps = 1024
+  config.distill.end_num_steps = 1
+  config.distill.steps_per_round = 50_000
+  # The rounds that end at 2 and at 1 sampling steps run this many times longer.
+  config.distill.last_rounds_multiplier = 2
+  config.distill.learning_rate = 1e-4
+  config.distill.batch_size = 128
+  config.distill.grad_clip = 1.0
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_samples = 50_000
+  config.eval.sample_steps = (1, 2, 4, 8)
+  return config

@@ -1,0 +1,91 @@
+"""Training losses: the teacher's (Algorithm 1) and distillation (Algorithm 2).
+
+Both are pure functions of explicit parameters. A `model_fn` has the signature
+`model_fn(params, z, logsnr, y, train, rng) -> raw network output`; `predict`
+turns that output into x_hat according to the parameterization. The losses
+return the batch mean and the per-example terms.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_distill import diffusion
+
+
+def sample_time(rng, batch_size, num_steps=0):
+  """Continuous t ~ U[0, 1] when num_steps == 0, else t = i/N with i ~ U{1..N}."""
+  if num_steps:
+    i = jax.random.randint(rng, (batch_size,), 1, num_steps + 1)
+    return i.astype(jnp.float32) / num_steps
+  return jax.random.uniform(rng, (batch_size,))
+
+
+def teacher_loss(params, batch, rng, *, model_fn, mean_type, weighting,
+                 logsnr_fn, num_steps=0):
+  """Weighted x-space denoising loss at t ~ U[0, 1] (or on an N-step grid)."""
+  x = batch['image']
+  y = batch.get('label')
+  rng_t, rng_eps, rng_model = jax.random.split(rng, 3)
+  logsnr = logsnr_fn(sample_time(rng_t, x.shape[0], num_steps))
+  eps = jax.random.normal(rng_eps, x.shape, x.dtype)
+  z = diffusion.diffuse(x, eps, logsnr)
+  out = model_fn(params, z, logsnr, y, True, rng_model)
+  x_hat = diffusion.predict(out, z, logsnr, mean_type).x_hat
+  per_example = diffusion.loss_weight(logsnr, weighting) * diffusion.mean_flat(
+      jnp.square(x - x_hat))
+  return per_example.mean(), per_example
+
+
+def two_step_target(teacher_x_hat_fn, z_t, logsnr_t, logsnr_mid, logsnr_s,
+                    is_last):
+  """Distillation target: the x that makes one student DDIM step t -> s land
+  where two teacher DDIM steps t -> mid -> s land.
+
+  `teacher_x_hat_fn(z, logsnr) -> x_hat`. On the last interval (s = 0) the
+  target is the teacher's second x_hat, since there the closed form divides
+  by sigma_s -> 0.
+  """
+  x_hat_t = teacher_x_hat_fn(z_t, logsnr_t)
+  z_mid = diffusion.ddim_step(z_t, x_hat_t, logsnr_t, logsnr_mid)
+  x_hat_mid = teacher_x_hat_fn(z_mid, logsnr_mid)
+  z_s = diffusion.ddim_step(z_mid, x_hat_mid, logsnr_mid, logsnr_s)
+  x_tilde = diffusion.ddim_x_target(z_t, z_s, logsnr_t, logsnr_s)
+  return jnp.where(diffusion.bcast(is_last, z_t), x_hat_mid, x_tilde)
+
+
+def distill_loss(params, teacher_params, batch, rng, *, model_fn, mean_type,
+                 weighting, logsnr_fn, num_student_steps):
+  """Algorithm 2: the student learns to do in one step what the teacher does in two.
+
+  The student samples in `num_student_steps` steps on the grid t_i = i/N; the
+  teacher runs in eval mode (no dropout, no clipping) and its target is
+  computed in float32 with gradients stopped.
+  """
+  if mean_type == 'eps':
+    raise ValueError(
+        "mean_type='eps' cannot be distilled: x_hat = (z - sigma eps)/alpha "
+        "blows up as alpha -> 0 at few steps; use 'x', 'v' or 'both'.")
+  x = batch['image']
+  y = batch.get('label')
+  n = num_student_steps
+  rng_i, rng_eps, rng_model = jax.random.split(rng, 3)
+  i = jax.random.randint(rng_i, (x.shape[0],), 1, n + 1)
+  t = i.astype(jnp.float32) / n
+  logsnr_t = logsnr_fn(t)
+  logsnr_mid = logsnr_fn(t - 0.5 / n)
+  logsnr_s = logsnr_fn(t - 1. / n)
+  eps = jax.random.normal(rng_eps, x.shape, jnp.float32)
+  z_t = diffusion.diffuse(x.astype(jnp.float32), eps, logsnr_t)
+
+  def teacher_x_hat(z, logsnr):
+    out = model_fn(teacher_params, z, logsnr, y, False, None)
+    return diffusion.predict(out, z, logsnr, mean_type).x_hat
+
+  x_tilde = jax.lax.stop_gradient(
+      two_step_target(teacher_x_hat, z_t, logsnr_t, logsnr_mid, logsnr_s,
+                      i == 1))
+  out = model_fn(params, z_t, logsnr_t, y, True, rng_model)
+  x_hat = diffusion.predict(out, z_t, logsnr_t, mean_type).x_hat
+  per_example = diffusion.loss_weight(logsnr_t, weighting) * diffusion.mean_flat(
+      jnp.square(x_tilde - x_hat))
+  return per_example.mean(), per_example

@@ -1,0 +1,65 @@
+"""Sampling loops (PAPER.md section 5) as lax loops.
+
+A sampler takes `x_hat_fn(z, logsnr) -> x_hat` and starts from z_1 ~ N(0, I)
+on the grid t_i = i/N. The number of steps is a traced value, so one compiled
+sampler serves every step count, and each step costs one network evaluation.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_distill import diffusion
+
+
+def model_x_hat_fn(model_fn, params, mean_type, labels=None, clip_x=True):
+  """Wraps a `model_fn(params, z, logsnr, y, train, rng)` as an eval-mode x_hat_fn."""
+
+  def x_hat_fn(z, logsnr):
+    out = model_fn(params, z, logsnr, labels, False, None)
+    return diffusion.predict(out, z, logsnr, mean_type, clip_x=clip_x).x_hat
+
+  return x_hat_fn
+
+
+def _grid_logsnr(logsnr_fn, i, num_steps, batch_size):
+  t = i.astype(jnp.float32) / num_steps.astype(jnp.float32)
+  return logsnr_fn(jnp.full((batch_size,), t))
+
+
+def ddim_sample(x_hat_fn, z_init, num_steps, logsnr_fn):
+  """Deterministic DDIM from t=1 to t=0 in `num_steps` steps; returns x_hat of the last."""
+  num_steps = jnp.asarray(num_steps, jnp.int32)
+  batch_size = z_init.shape[0]
+
+  def body(k, z):
+    i = num_steps - k
+    logsnr_t = _grid_logsnr(logsnr_fn, i, num_steps, batch_size)
+    logsnr_s = _grid_logsnr(logsnr_fn, i - 1, num_steps, batch_size)
+    x_hat = x_hat_fn(z, logsnr_t)
+    return jnp.where(i == 1, x_hat,
+                     diffusion.ddim_step(z, x_hat, logsnr_t, logsnr_s))
+
+  return jax.lax.fori_loop(0, num_steps, body, z_init)
+
+
+def ancestral_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng,
+                     noise_interp=0.):
+  """Ancestral sampling q(z_s | z_t, x = x_hat) with log-space variance interpolation."""
+  num_steps = jnp.asarray(num_steps, jnp.int32)
+  batch_size = z_init.shape[0]
+
+  def body(k, z):
+    i = num_steps - k
+    logsnr_t = _grid_logsnr(logsnr_fn, i, num_steps, batch_size)
+    logsnr_s = _grid_logsnr(logsnr_fn, i - 1, num_steps, batch_size)
+    x_hat = x_hat_fn(z, logsnr_t)
+    z_s = diffusion.ancestral_step(
+        jax.random.fold_in(rng, k), z, x_hat, logsnr_t, logsnr_s, noise_interp)
+    return jnp.where(i == 1, x_hat, z_s)
+
+  return jax.lax.fori_loop(0, num_steps, body, z_init)
+
+
+def to_uint8(x):
+  """Maps samples in [-1, 1] to uint8 pixels."""
+  return jnp.clip(jnp.round((x + 1.) * 127.5), 0, 255).astype(jnp.uint8)

@@ -1,0 +1,141 @@
+"""The progressive distillation driver (PAPER.md section 4): teacher -> rounds.
+
+Each round halves the number of sampling steps: the student starts as a copy
+of its teacher, learns with a fresh Adam whose learning rate decays linearly
+to zero over the round, and becomes the next round's teacher. Rounds are
+stages (trainer.run_stage), so an interrupted round resumes mid-way and a
+finished one is only reloaded.
+"""
+
+import functools
+import os
+
+from absl import logging
+import jax
+import numpy as np
+import optax
+from etils import epath
+
+from diffusion_distill import checkpoints
+from diffusion_distill import inference
+from diffusion_distill import losses
+from diffusion_distill import models
+from diffusion_distill import schedules
+from diffusion_distill import trainer
+from diffusion_distill import train as train_lib
+
+
+def round_plan(start_num_steps, end_num_steps, steps_per_round,
+               last_rounds_multiplier=1):
+  """[(student_num_steps, num_updates)] from start/2 down to end.
+
+  The rounds whose students sample in 2 and 1 steps run
+  `last_rounds_multiplier` times longer (the paper doubled them).
+  """
+  plan, n = [], start_num_steps
+  while n > end_num_steps:
+    n //= 2
+    mult = last_rounds_multiplier if n <= 2 else 1
+    plan.append((n, steps_per_round * mult))
+  return plan
+
+
+def round_dir(workdir, num_student_steps):
+  return os.path.join(workdir, 'distill', f'student_{num_student_steps:05d}')
+
+
+def load_teacher(config, workdir):
+  """(ema_params, num_sample_steps) of `distill.teacher_checkpoint`.
+
+  The path is our own workdir/stage/checkpoint directory, or a file released
+  with the paper (Flax msgpack). Defaults to this workdir's teacher.
+  The parameter tree must be that of `config.model`.
+  """
+  path = config.distill.teacher_checkpoint or workdir
+  model = models.create_model(config)
+  expected = inference.abstract_params(model, config)
+  what = f'teacher checkpoint {path}'
+  p = epath.Path(path)
+  if p.is_file():
+    params, num_steps = checkpoints.load_paper_checkpoint(p)
+    checkpoints.check_same_tree(expected, params, what)
+    params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+    return params, num_steps
+  ckpt_dir = checkpoints.stage_checkpoint_dir(p)
+  if ckpt_dir is None:
+    raise checkpoints.CheckpointError(
+        f'{what} not found: give --config.distill.teacher_checkpoint=PATH, a '
+        'workdir of a trained teacher or a checkpoint file of the paper')
+  meta = checkpoints.Checkpointer(ckpt_dir, read_only=True).restore_meta()
+  saved_config = inference.config_from_meta(meta)
+  saved_model = models.create_model(saved_config)
+  checkpoints.check_same_tree(
+      expected, inference.abstract_params(saved_model, saved_config), what)
+  _, _, params, meta = inference.load_model(ckpt_dir)
+  return params, meta.get('num_sample_steps')
+
+
+def _student_config(config):
+  """The teacher's architecture with dropout off: rounds train without it."""
+  student = config.copy_and_resolve_references()
+  student.model.dropout = 0.
+  return student
+
+
+def round_stage(config, workdir, teacher_params, num_student_steps,
+                num_updates) -> trainer.Stage:
+  """One round: a student for `num_student_steps` steps from its teacher."""
+  d = config.distill
+  config = _student_config(config)
+  model = models.create_model(config)
+  loss_fn = functools.partial(
+      _distill_objective, model_fn=inference.make_model_fn(model),
+      mean_type=config.model.mean_type, weighting=config.model.loss_weighting,
+      logsnr_fn=schedules.get_logsnr_fn(config.schedule),
+      num_student_steps=num_student_steps)
+  learning_rate_fn = optax.linear_schedule(d.learning_rate, 0., num_updates)
+  return trainer.Stage(
+      name=f'distill to {num_student_steps} steps',
+      workdir=round_dir(workdir, num_student_steps),
+      num_steps=num_updates,
+      loss_fn=loss_fn,
+      optimizer=trainer.make_optimizer(learning_rate_fn,
+                                       grad_clip=d.grad_clip),
+      learning_rate_fn=learning_rate_fn,
+      ema_decay=0.,
+      init_params=teacher_params,
+      rng=jax.random.fold_in(jax.random.PRNGKey(config.seed),
+                             num_student_steps),
+      make_iterator=functools.partial(
+          train_lib._train_iterator, config, d.batch_size,  # pylint: disable=protected-access
+          config.seed + num_student_steps),
+      meta=inference.model_meta(config, stage='distill',
+                                num_sample_steps=num_student_steps,
+                                stage_num_steps=num_updates),
+      sampler=inference.make_sampler(config, model, None),
+      grid_num_steps=num_student_steps,
+      extra=(teacher_params,),
+      **train_lib.trainer_periodic_kwargs(config, sample_every=num_updates))
+
+
+def _distill_objective(params, batch, rng, teacher_params, **kwargs):
+  return losses.distill_loss(params, teacher_params, batch, rng, **kwargs)
+
+
+def distill(config, workdir, step_hook=None):
+  """Runs every round; returns the final student's parameters (host arrays)."""
+  d = config.distill
+  params, teacher_steps = load_teacher(config, workdir)
+  start = teacher_steps or d.start_num_steps
+  if teacher_steps and teacher_steps != d.start_num_steps:
+    logging.info('teacher was trained for %d sampling steps: distilling from '
+                 'there, not from distill.start_num_steps=%d', teacher_steps,
+                 d.start_num_steps)
+  for n, num_updates in round_plan(start, d.end_num_steps, d.steps_per_round,
+                                   d.last_rounds_multiplier):
+    stage = round_stage(config, workdir, params, n, num_updates)
+    stage.step_hook = step_hook
+    state = trainer.run_stage(stage)
+    # With EMA decay 0 the EMA equals the parameters; use it like a teacher's.
+    params = state.ema_params
+  return params

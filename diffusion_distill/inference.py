@@ -1,0 +1,220 @@
+"""Drawing images from a trained model: the `Sampler` object users hold."""
+
+import copy
+import functools
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_distill import samplers, schedules
+
+
+def make_model_fn(model):
+  """Adapts a U-Net module to `model_fn(params, z, logsnr, y, train, rng)`."""
+
+  def model_fn(params, z, logsnr, y, train, rng):
+    rngs = {'dropout': rng} if (train and rng is not None) else None
+    return model.apply({'params': params}, z, logsnr, y, train=train,
+                       rngs=rngs)
+
+  return model_fn
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_ddim(model, mean_type, logsnr_min, logsnr_max, clip_x):
+  """One jitted DDIM sampler per (model, parameterization, schedule).
+
+  Parameters, step count and labels are arguments, so sampling a new round's
+  student or at another step count does not recompile.
+  """
+  model_fn = make_model_fn(model)
+  logsnr_fn = lambda t: schedules.cosine_logsnr(t, logsnr_min, logsnr_max)
+
+  def run(params, z, labels, num_steps):
+    x_hat_fn = samplers.model_x_hat_fn(model_fn, params, mean_type, labels,
+                                       clip_x)
+    return samplers.to_uint8(
+        samplers.ddim_sample(x_hat_fn, z, num_steps, logsnr_fn))
+
+  return jax.jit(run)
+
+
+class Sampler:
+  """A model with its parameters, ready to sample.
+
+  `num_steps` is the number of sampling steps the model was trained for
+  (None for a continuous-time teacher, which then samples with
+  `default_num_steps`).
+  """
+
+  def __init__(self, model, params, *, mean_type: str, image_shape,
+               num_classes: int, logsnr_min=-20., logsnr_max=20.,
+               num_steps: Optional[int] = None, default_num_steps=256,
+               clip_x=True, config: Any = None):
+    self.model = model
+    self.params = params
+    self.mean_type = mean_type
+    self.image_shape = tuple(image_shape)
+    self.num_classes = num_classes
+    self.logsnr_min = float(logsnr_min)
+    self.logsnr_max = float(logsnr_max)
+    self.num_steps = num_steps
+    self.default_num_steps = default_num_steps
+    self.clip_x = clip_x
+    self.config = config
+
+  def with_params(self, params):
+    """The same sampler for other parameters of the same model."""
+    new = copy.copy(self)
+    new.params = params
+    return new
+
+  def sample(self, rng, num_samples, num_steps=None, labels=None):
+    """DDIM samples as uint8 [num_samples, H, W, C].
+
+    Without `labels`, a class-conditional model draws labels uniformly.
+    """
+    num_steps = num_steps or self.num_steps or self.default_num_steps
+    rng_z, rng_y = jax.random.split(rng)
+    z = jax.random.normal(rng_z, (num_samples,) + self.image_shape)
+    if self.num_classes > 1:
+      if labels is None:
+        labels = jax.random.randint(rng_y, (num_samples,), 0, self.num_classes)
+      labels = jnp.asarray(labels, jnp.int32)
+      if labels.shape != (num_samples,):
+        raise ValueError(f'labels must have shape ({num_samples},), got '
+                         f'{labels.shape}')
+    else:
+      labels = None
+    fn = _compiled_ddim(self.model, self.mean_type, self.logsnr_min,
+                        self.logsnr_max, self.clip_x)
+    return np.asarray(fn(self.params, z, labels, jnp.int32(num_steps)))
+
+
+def image_grid(images, ncols=None):
+  """Tiles uint8 [N, H, W, C] images into one [rows*H, cols*W, C] image."""
+  n, h, w, c = images.shape
+  ncols = ncols or int(np.ceil(np.sqrt(n)))
+  nrows = int(np.ceil(n / ncols))
+  pad = nrows * ncols - n
+  images = np.concatenate([images, np.zeros((pad, h, w, c), images.dtype)])
+  return images.reshape(nrows, ncols, h, w, c).swapaxes(1, 2).reshape(
+      nrows * h, ncols * w, c)
+
+
+def save_png(path, image):
+  """Writes a uint8 [H, W, C] image as PNG (via tf.io, so gs:// works)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if os.path.dirname(path):
+    tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(tf.io.encode_png(image).numpy())
+
+
+
+def init_params(model, config, rng):
+  """Freshly initialized U-Net parameters for `config` (host NumPy arrays)."""
+  x, logsnr, y = _dummy_inputs(config)
+  params = jax.jit(lambda r: model.init({'params': r}, x, logsnr, y,
+                                        train=False)['params'])(rng)
+  return jax.device_get(params)
+
+
+def abstract_params(model, config):
+  """Shapes and dtypes of the parameters, without allocating them."""
+  x, logsnr, y = _dummy_inputs(config)
+  return jax.eval_shape(
+      lambda: model.init({'params': jax.random.PRNGKey(0)}, x, logsnr, y,
+                         train=False)['params'])
+
+
+def _dummy_inputs(config):
+  from diffusion_distill.input_pipeline import dataset_info  # pylint: disable=g-import-not-at-top
+  info = dataset_info(config.dataset.name)
+  shape = (1, info.image_size, info.image_size, info.channels)
+  return jnp.zeros(shape), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
+
+
+def model_meta(config, *, stage, num_sample_steps, stage_num_steps):
+  """What a checkpoint records so that it can be loaded on its own."""
+  return {
+      'stage': stage,
+      'num_sample_steps': num_sample_steps,
+      'stage_num_steps': int(stage_num_steps),
+      'model': config.model.to_dict(),
+      'dataset': {'name': config.dataset.name,
+                  'class_conditional': bool(config.dataset.class_conditional)},
+      'schedule': config.schedule.to_dict(),
+  }
+
+
+def config_from_meta(meta):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict({k: meta[k] for k in
+                                    ('model', 'dataset', 'schedule')})
+
+
+def load_model(checkpoint_dir, step=None):
+  """(config, model, ema_params, meta) of a stage's checkpoint directory."""
+  from diffusion_distill import checkpoints, models  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoints.Checkpointer(checkpoint_dir, read_only=True)
+  meta = ckpt.restore_meta(step)
+  config = config_from_meta(meta)
+  model = models.create_model(config)
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                          abstract_params(model, config))
+  params, _ = ckpt.restore_params(template, 'ema_params', step)
+  ckpt.close()
+  return config, model, params, meta
+
+
+def _latest_model_dir(workdir):
+  """The final student's checkpoints if any round finished, else the teacher's."""
+  from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  best, best_steps = None, None
+  distill_dir = os.path.join(workdir, 'distill')
+  if tf.io.gfile.isdir(distill_dir):
+    for name in tf.io.gfile.listdir(distill_dir):
+      d = os.path.join(distill_dir, name.rstrip('/'), 'checkpoints')
+      if not tf.io.gfile.isdir(d):
+        continue
+      ckpt = checkpoints.Checkpointer(d, read_only=True)
+      step = ckpt.latest_step()
+      if step is not None:
+        meta = ckpt.restore_meta(step)
+        n = meta.get('num_sample_steps')
+        if step == meta['stage_num_steps'] and (best is None or n < best_steps):
+          best, best_steps = d, n
+      ckpt.close()
+  if best is not None:
+    return best
+  return checkpoints.stage_checkpoint_dir(workdir)
+
+
+def load_sampler(workdir, clip_x=True):
+  """A Sampler for the latest model of a workdir (the final student if any)."""
+  from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top
+  ckpt_dir = _latest_model_dir(workdir)
+  if ckpt_dir is None:
+    raise checkpoints.CheckpointError(
+        f'no model checkpoint under {workdir}: train one with main.py first')
+  config, model, params, meta = load_model(ckpt_dir)
+  return make_sampler(config, model, params,
+                      num_steps=meta.get('num_sample_steps'), clip_x=clip_x)
+
+
+def make_sampler(config, model, params, num_steps=None, clip_x=True):
+  """A Sampler for `model` with `params`, shaped by `config`'s data set."""
+  from diffusion_distill.input_pipeline import dataset_info  # pylint: disable=g-import-not-at-top
+  info = dataset_info(config.dataset.name)
+  return Sampler(
+      model, params, mean_type=config.model.mean_type,
+      image_shape=(info.image_size, info.image_size, info.channels),
+      num_classes=info.num_classes if config.dataset.class_conditional else 1,
+      logsnr_min=config.schedule.logsnr_min,
+      logsnr_max=config.schedule.logsnr_max,
+      num_steps=num_steps, clip_x=clip_x, config=config)

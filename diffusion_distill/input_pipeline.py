@@ -1,0 +1,317 @@
+"""TFDS -> tf.data -> per-host, per-device NumPy batches.
+
+The order of training examples is a pure function of (seed, process, step):
+each epoch is shuffled with a seed derived from (seed, epoch) and flips are
+drawn statelessly from (seed, position of the example in the stream). A run
+resumed at step k therefore sees exactly the batches a run from step 0 sees at
+step k, whatever tf.data's threading does.
+"""
+
+import dataclasses
+from typing import Iterator, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# Registers the offline builders (`digits`) with TFDS.
+from diffusion_distill import datasets as _datasets  # pylint: disable=unused-import
+
+# Above this many bytes of decoded images per host, re-decode every epoch
+# instead of caching in RAM (ImageNet/LSUN would not fit on most hosts).
+_MAX_CACHE_BYTES = 4 << 30
+
+
+class DataNotFoundError(Exception):
+  """The TFDS data set a config asks for is not prepared on disk."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the pipeline need to know about one data set.
+
+  Attributes:
+    image_size: height = width of the images the model sees.
+    channels: image channels.
+    num_classes: number of labels (1 for data sets without labels).
+    tfds_name: TFDS name (with config) the images are read from.
+    allows_flip: whether a left-right mirror image is still a valid example.
+    resize: None when TFDS images already are image_size squares; otherwise
+      the tf.image.resize method applied to their central square crop.
+    build_hint: how to prepare the TFDS data set, for DataNotFoundError.
+  """
+  image_size: int
+  channels: int
+  num_classes: int
+  tfds_name: str
+  allows_flip: bool
+  resize: Optional[str] = None
+  build_hint: str = ''
+
+
+_DATASETS = {
+    'cifar10': DatasetInfo(
+        image_size=32, channels=3, num_classes=10, tfds_name='cifar10',
+        allows_flip=True,
+        build_hint='on a machine with internet run '
+                   '`tfds build cifar10 --data_dir=DIR`'),
+    # The paper's ImageNet 64x64 (class-conditional) is built from full-size
+    # ImageNet by area-resizing central square crops.
+    'imagenet64': DatasetInfo(
+        image_size=64, channels=3, num_classes=1000, tfds_name='imagenet2012',
+        allows_flip=True, resize='area',
+        build_hint='put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+                   'in DIR/downloads/manual and run '
+                   '`tfds build imagenet2012 --data_dir=DIR`'),
+    'lsun_church128': DatasetInfo(
+        image_size=128, channels=3, num_classes=1,
+        tfds_name='lsun/church_outdoor', allows_flip=True, resize='bilinear',
+        build_hint='on a machine with internet run '
+                   '`tfds build lsun/church_outdoor --data_dir=DIR`'),
+    'lsun_bedroom128': DatasetInfo(
+        image_size=128, channels=3, num_classes=1, tfds_name='lsun/bedroom',
+        allows_flip=True, resize='bilinear',
+        build_hint='on a machine with internet run '
+                   '`tfds build lsun/bedroom --data_dir=DIR`'),
+    # A mirrored 3 is not a 3: never flip digits.
+    'digits': DatasetInfo(
+        image_size=8, channels=1, num_classes=10, tfds_name='digits',
+        allows_flip=False),
+}
+
+# Built on the spot from files bundled with installed packages.
+_LOCAL_BUILDS = frozenset({'digits'})
+
+
+def dataset_info(name: str) -> DatasetInfo:
+  """Returns the DatasetInfo for `config.dataset.name`."""
+  try:
+    return _DATASETS[name]
+  except KeyError:
+    raise ValueError(
+        f'Unknown dataset.name {name!r}; valid names: '
+        f'{", ".join(_DATASETS)}.') from None
+
+
+def _validate_config(config: ml_collections.ConfigDict) -> DatasetInfo:
+  info = dataset_info(config.dataset.name)
+  if config.dataset.class_conditional and info.num_classes < 2:
+    raise ValueError(
+        f'dataset.class_conditional=True but {config.dataset.name} has no '
+        'labels; set --config.dataset.class_conditional=False.')
+  return info
+
+
+def _missing_data_error(info: DatasetInfo,
+                        builder: tfds.core.DatasetBuilder) -> DataNotFoundError:
+  return DataNotFoundError(
+      f'TFDS data set {info.tfds_name!r} (version {builder.version}) is not '
+      f'prepared in {builder.data_dir}: {info.build_hint}, then pass '
+      '--config.dataset.data_dir=DIR or set TFDS_DATA_DIR=DIR.')
+
+
+def _builder(config: ml_collections.ConfigDict,
+             info: DatasetInfo) -> tfds.core.DatasetBuilder:
+  # data_dir=None lets TFDS pick its default, which honours TFDS_DATA_DIR.
+  builder = tfds.builder(info.tfds_name, data_dir=config.dataset.data_dir)
+  if info.tfds_name in _LOCAL_BUILDS:
+    # Needs no network; a no-op when the data set is already there.
+    builder.download_and_prepare()
+  return builder
+
+
+def check_data_available(config: ml_collections.ConfigDict) -> None:
+  """Raises DataNotFoundError unless the configured data set can be read.
+
+  Cheap (it looks at the data directory only), so drivers call it before
+  creating a workdir or compiling anything. Local builds (digits) are built
+  here if missing.
+  """
+  info = _validate_config(config)
+  builder = _builder(config, info)
+  if not builder.is_prepared():
+    raise _missing_data_error(info, builder)
+
+
+def _to_square(image: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+  """Central square crop of a decoded image, resized to image_size, uint8."""
+  if info.resize is None:
+    return image
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  side = tf.minimum(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  image = image[top:top + side, left:left + side]
+  size = (info.image_size, info.image_size)
+  # Antialiasing matters when shrinking LSUN's ~256px images by 2x and more;
+  # 'area' averages by construction.
+  image = tf.image.resize(image, size, method=info.resize, antialias=True)
+  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  return tf.ensure_shape(image, size + (info.channels,))
+
+
+def _deterministic_options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  return options
+
+
+def _read_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo,
+                split) -> tf.data.Dataset:
+  """Examples of `split` in file order: {'image': uint8, 'label': int32}."""
+  read_config = tfds.ReadConfig(
+      options=_deterministic_options(),
+      # Caching is decided below, after preprocessing shrinks the images.
+      try_autocache=False)
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            read_config=read_config)
+  except AssertionError as e:  # How TFDS reports an unprepared data set.
+    if not builder.is_prepared():
+      raise _missing_data_error(info, builder) from e
+    raise
+  has_labels = 'label' in builder.info.features
+
+  def preprocess(example):
+    label = (tf.cast(example['label'], tf.int32) if has_labels
+             else tf.zeros((), tf.int32))
+    return {'image': _to_square(example['image'], info), 'label': label}
+
+  return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+
+
+def _derive_seed(*path: int) -> int:
+  """A well-mixed 31-bit seed from a tuple of ints (stable across runs)."""
+  return int(np.random.SeedSequence(path).generate_state(1)[0] >> 1)
+
+
+def create_train_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    start_step: int = 0,
+    seed: Optional[int] = None,
+    process_index: Optional[int] = None,
+    process_count: Optional[int] = None,
+    local_device_count: Optional[int] = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Endless training batches for this process, starting at `start_step`.
+
+  Args:
+    config: the experiment config (uses `seed` and `dataset.*`).
+    batch_size: the GLOBAL batch size, summed over all processes and devices.
+    start_step: number of batches already consumed (e.g. when resuming).
+    seed: data seed; defaults to `config.seed`.
+    process_index: this process; defaults to `jax.process_index()`.
+    process_count: number of processes; defaults to `jax.process_count()`.
+    local_device_count: devices of this process; defaults to
+      `jax.local_device_count()`.
+
+  Returns:
+    An iterator of {'image': float32 [local_device_count, per_device_batch,
+    H, W, C] in [-1, 1], 'label': int32 [local_device_count,
+    per_device_batch]}.
+  """
+  info = _validate_config(config)
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if local_device_count is None:
+    local_device_count = jax.local_device_count()
+  num_shards = process_count * local_device_count
+  if batch_size <= 0 or batch_size % num_shards:
+    raise ValueError(
+        f'Batch size {batch_size} must be a positive multiple of '
+        f'process_count * local_device_count = {process_count} * '
+        f'{local_device_count} = {num_shards}; set the batch size to a '
+        f'multiple of {num_shards}.')
+  if start_step < 0:
+    raise ValueError(f'start_step must be >= 0, got {start_step}.')
+  host_batch = batch_size // process_count
+  if seed is None:
+    seed = config.seed
+
+  builder = _builder(config, info)
+  split = tfds.split_for_jax_process(
+      'train', process_index=process_index, process_count=process_count)
+  examples = _read_split(builder, info, split)
+  num_examples = int(examples.cardinality())
+  if num_examples < 0:  # Unknown to tf.data; TFDS metadata knows.
+    num_examples = builder.info.splits[split].num_examples
+  if num_examples == 0:
+    raise ValueError(
+        f'Process {process_index} of {process_count} got no examples of '
+        f'{info.tfds_name!r}; use fewer processes.')
+  image_bytes = info.image_size**2 * info.channels
+  if num_examples * image_bytes <= _MAX_CACHE_BYTES:
+    examples = examples.cache()
+
+  shuffle_key = _derive_seed(seed, process_index, 0)
+  flip_key = _derive_seed(seed, process_index, 1)
+  shuffle_buffer = max(1, min(config.dataset.shuffle_buffer, num_examples))
+
+  def epoch(index):
+    epoch_seed = tf.random.stateless_uniform(
+        (), seed=tf.stack([tf.constant(shuffle_key, tf.int64), index]),
+        minval=0, maxval=tf.int64.max, dtype=tf.int64)
+    return examples.shuffle(shuffle_buffer, seed=epoch_seed,
+                            reshuffle_each_iteration=False)
+
+  # Batches run across epoch boundaries, so step k holds examples
+  # [k * host_batch, (k + 1) * host_batch) of the endless stream. Resuming
+  # starts at the right epoch but must still read up to one epoch to skip to
+  # the right position inside it.
+  first_example = start_step * host_batch
+  first_epoch, skip = divmod(first_example, num_examples)
+  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+  ds = ds.flat_map(epoch).skip(skip).enumerate(start=first_example)
+
+  random_flip = config.dataset.random_flip and info.allows_flip
+
+  def place(position, example):
+    image = example['image']
+    if random_flip:
+      u = tf.random.stateless_uniform(
+          (), seed=tf.stack([tf.constant(flip_key, tf.int64), position]))
+      image = tf.cond(u < 0.5, lambda: tf.reverse(image, axis=[1]),
+                      lambda: image)
+    return {'image': image, 'label': example['label']}
+
+  ds = ds.map(place, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(host_batch, drop_remainder=True)
+
+  per_device_batch = host_batch // local_device_count
+  image_shape = (local_device_count, per_device_batch, info.image_size,
+                 info.image_size, info.channels)
+
+  def to_model_input(batch):
+    image = tf.cast(batch['image'], tf.float32) / 127.5 - 1.0
+    return {'image': tf.reshape(image, image_shape),
+            'label': tf.reshape(batch['label'], image_shape[:2])}
+
+  ds = ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  ds = ds.prefetch(config.dataset.prefetch)
+  ds = ds.with_options(_deterministic_options())
+  return iter(tfds.as_numpy(ds))
+
+
+def load_all_images(config: ml_collections.ConfigDict,
+                    split: str = 'train') -> np.ndarray:
+  """Whole split as uint8 [N, H, W, C], in file order, preprocessed, unflipped.
+
+  Holds everything in memory: meant for small data sets (digits) in
+  evaluation.
+  """
+  info = _validate_config(config)
+  builder = _builder(config, info)
+  ds = _read_split(builder, info, split).batch(4096)
+  batches = [batch['image'] for batch in tfds.as_numpy(ds)]
+  if not batches:
+    return np.zeros((0, info.image_size, info.image_size, info.channels),
+                    np.uint8)
+  return np.concatenate(batches)

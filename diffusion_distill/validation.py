@@ -1,0 +1,75 @@
+"""Config checks that run before any work: each error is one line with the fix."""
+
+import jax
+
+from diffusion_distill import diffusion
+
+KNOWN_STAGES = ('teacher', 'distill')
+
+
+class ConfigError(ValueError):
+  """A config value is wrong; the message names the field, value and fix."""
+
+
+def _require(cond, field, value, fix):
+  if not cond:
+    raise ConfigError(f'config.{field}={value!r} is invalid: {fix}')
+
+
+def _is_power_of_two(n):
+  return n >= 1 and (n & (n - 1)) == 0
+
+
+def validate_config(config, num_devices=None):
+  """Raises ConfigError for the first wrong field of `config`."""
+  from diffusion_distill.input_pipeline import dataset_info  # pylint: disable=g-import-not-at-top
+  num_devices = num_devices or jax.device_count()
+  stages = tuple(config.stages)
+  for s in stages:
+    _require(s in KNOWN_STAGES, 'stages', stages,
+             f'each stage must be one of {KNOWN_STAGES}')
+  try:
+    dataset_info(config.dataset.name)
+  except ValueError as e:
+    raise ConfigError(f'config.dataset.name={config.dataset.name!r} is '
+                      f'invalid: {e}') from None
+  m = config.model
+  _require(m.mean_type in diffusion.MEAN_TYPES, 'model.mean_type', m.mean_type,
+           f'use one of {diffusion.MEAN_TYPES}')
+  _require(m.loss_weighting in diffusion.LOSS_WEIGHTINGS,
+           'model.loss_weighting', m.loss_weighting,
+           f'use one of {diffusion.LOSS_WEIGHTINGS}')
+  _require(0. <= m.dropout < 1., 'model.dropout', m.dropout,
+           'use a value in [0, 1)')
+  if 'teacher' in stages:
+    t = config.train
+    for field in ('batch_size', 'num_steps'):
+      _require(t[field] > 0, f'train.{field}', t[field], 'must be positive')
+    _require(t.learning_rate > 0, 'train.learning_rate', t.learning_rate,
+             'must be positive')
+    _require(0. <= t.ema_decay < 1., 'train.ema_decay', t.ema_decay,
+             'use a value in [0, 1)')
+    _require(t.batch_size % num_devices == 0, 'train.batch_size',
+             t.batch_size,
+             f'must divide over the {num_devices} devices: use a multiple '
+             f'of {num_devices}')
+  if 'distill' in stages:
+    d = config.distill
+    _require(m.mean_type != 'eps', 'model.mean_type', m.mean_type,
+             "eps is unstable for distillation (x_hat = (z - sigma eps)/alpha "
+             "as alpha -> 0); use 'x', 'v' or 'both'")
+    for field in ('batch_size', 'steps_per_round', 'start_num_steps',
+                  'end_num_steps', 'last_rounds_multiplier'):
+      _require(d[field] > 0, f'distill.{field}', d[field], 'must be positive')
+    _require(d.learning_rate > 0, 'distill.learning_rate', d.learning_rate,
+             'must be positive')
+    ratio = d.start_num_steps // d.end_num_steps
+    _require(
+        d.start_num_steps % d.end_num_steps == 0 and _is_power_of_two(ratio),
+        'distill.start_num_steps', d.start_num_steps,
+        f'must be distill.end_num_steps={d.end_num_steps} times a power of '
+        'two (each round halves the steps)')
+    _require(d.batch_size % num_devices == 0, 'distill.batch_size',
+             d.batch_size,
+             f'must divide over the {num_devices} devices: use a multiple '
+             f'of {num_devices}')

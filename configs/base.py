@@ -51,6 +51,8 @@ def get_config():
   config.train.grad_clip = 1.0
   # Skip updates whose loss or gradient is not finite (counted in metrics).
   config.train.skip_nonfinite = True
+  # Stop with an error after this many skipped updates in a row (0: never).
+  config.train.max_nonfinite_in_a_row = 100
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 5000
   config.train.sample_every_steps = 20_000

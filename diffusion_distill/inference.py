@@ -94,13 +94,14 @@ class Sampler:
     return np.asarray(fn(self.params, z, labels, jnp.int32(num_steps)))
 
 
-def image_grid(images, ncols=None):
-  """Tiles uint8 [N, H, W, C] images into one [rows*H, cols*W, C] image."""
-  n, h, w, c = images.shape
+def image_grid(images, ncols=None, pad=1):
+  """Tiles uint8 [N, H, W, C] images into one image, with grey lines between."""
+  n = images.shape[0]
   ncols = ncols or int(np.ceil(np.sqrt(n)))
   nrows = int(np.ceil(n / ncols))
-  pad = nrows * ncols - n
-  images = np.concatenate([images, np.zeros((pad, h, w, c), images.dtype)])
+  images = np.pad(images, ((0, nrows * ncols - n), (pad, pad), (pad, pad),
+                           (0, 0)), constant_values=128)
+  _, h, w, c = images.shape
   return images.reshape(nrows, ncols, h, w, c).swapaxes(1, 2).reshape(
       nrows * h, ncols * w, c)
 

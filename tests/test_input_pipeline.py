@@ -14,14 +14,6 @@ NUM_DIGITS = 1797
 
 
 @pytest.fixture(scope='session')
-def digits_dir(tmp_path_factory):
-  """A TFDS data_dir with digits built once, away from ~/tensorflow_datasets."""
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  input_pipeline.check_data_available(_config('digits', data_dir))
-  return data_dir
-
-
-@pytest.fixture(scope='session')
 def digits_images(digits_dir):
   return input_pipeline.load_all_images(_config('digits', digits_dir))
 

@@ -1,0 +1,16 @@
+"""The offline quickstart: digits teacher -> distillation 256 -> 1 step.
+
+  python main.py --config=configs/digits.py --workdir=/tmp/digits
+
+Runs on a laptop CPU with no download (the digits ship with scikit-learn).
+Writes a sample grid for the teacher and for each round's student under
+WORKDIR/teacher/samples and WORKDIR/distill/student_NNNNN/samples.
+"""
+
+from configs import digits_teacher
+
+
+def get_config():
+  config = digits_teacher.get_config()
+  config.stages = ('teacher', 'distill')
+  return config

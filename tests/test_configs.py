@@ -1,0 +1,94 @@
+"""The shipped configs: valid, the paper's networks, and cifar10_distill.py
+driven through main.py on mock CIFAR-10 with a reduced model."""
+
+import importlib
+import os
+
+import flax.serialization
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from diffusion_distill import distill, inference, input_pipeline, models
+from diffusion_distill import validation
+
+CONFIGS = ('digits', 'digits_teacher', 'digits_distill', 'cifar10_teacher',
+           'cifar10_distill', 'imagenet64_teacher', 'imagenet64_distill',
+           'lsun_church128_teacher', 'lsun_church128_distill',
+           'lsun_bedroom128_teacher', 'lsun_bedroom128_distill')
+
+PAPER_PARAMS = {'cifar10': 60_004_099, 'imagenet64': 295_905_222,
+                'lsun_church128': 139_578_502, 'lsun_bedroom128': 139_578_502}
+
+
+def _load(name):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_is_valid_and_documented(name):
+  config = _load(name)
+  validation.validate_config(config, num_devices=8)
+  doc = importlib.import_module(f'configs.{name}').__doc__
+  assert f'--config=configs/{name}.py' in doc
+
+
+@pytest.mark.parametrize('name', [n for n in CONFIGS if 'digits' not in n])
+def test_paper_configs_build_the_paper_networks(name):
+  config = _load(name)
+  shapes = inference.abstract_params(models.create_model(config), config)
+  count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+  assert count == PAPER_PARAMS[config.dataset.name]
+
+
+def test_round_plans_of_paper_configs():
+  plan = distill.round_plan(8192, 1, 50_000, 2)
+  assert [n for n, _ in plan][-4:] == [8, 4, 2, 1]
+  assert [u for _, u in plan][-3:] == [50_000, 100_000, 100_000]
+  config = _load('imagenet64_distill')
+  assert config.model.mean_type == 'both' and config.dataset.class_conditional
+
+
+def test_cifar10_distill_through_main_on_mock_data(tmp_path, monkeypatch):
+  """main.py with configs/cifar10_distill.py and a paper-format teacher file,
+  on mock CIFAR-10 and a reduced U-Net."""
+  import main  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  overrides = ['--config.model.ch=32', '--config.model.emb_ch=32',
+               '--config.model.ch_mult=(1,)', '--config.model.num_res_blocks=1',
+               '--config.model.attn_resolutions=(32,)',
+               '--config.distill.start_num_steps=4',
+               '--config.distill.steps_per_round=2',
+               '--config.distill.batch_size=8',
+               '--config.train.log_every_steps=1',
+               '--config.train.num_grid_samples=2']
+  config = _load('cifar10_distill')
+  config.model.ch, config.model.emb_ch = 32, 32
+  config.model.ch_mult, config.model.num_res_blocks = (1,), 1
+  config.model.attn_resolutions = (32,)
+  model = models.create_model(config)
+  params = inference.init_params(model, config, jax.random.PRNGKey(0))
+  teacher = str(tmp_path / 'cifar_original')
+  with open(teacher, 'wb') as f:
+    f.write(flax.serialization.msgpack_serialize(
+        {'step': 1, 'optimizer': {'target': params, 'state': {}},
+         'ema_params': params}))
+  workdir = str(tmp_path / 'wd')
+  # mock_data serves examples but not TFDS's "is prepared" metadata.
+  monkeypatch.setattr(input_pipeline, 'check_data_available', lambda c: None)
+  argv = ['main.py', '--config=configs/cifar10_distill.py',
+          f'--workdir={workdir}',
+          f'--config.distill.teacher_checkpoint={teacher}', *overrides]
+  with tfds.testing.mock_data(num_examples=64):
+    flags.FLAGS(argv)
+    try:
+      main.main(argv[:1])
+    finally:
+      flags.FLAGS.unparse_flags()
+  for n in (2, 1):
+    assert os.path.isdir(os.path.join(distill.round_dir(workdir, n),
+                                      'checkpoints', '2'))
+  sampler = inference.load_sampler(workdir)
+  assert sampler.num_steps == 1
+  assert sampler.sample(jax.random.PRNGKey(1), 2).shape == (2, 32, 32, 3)

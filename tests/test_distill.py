@@ -1,0 +1,216 @@
+"""Progressive distillation: the target, the round plan, the driver, resuming,
+and loading a checkpoint in the paper's released format."""
+
+import os
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from diffusion_distill import checkpoints, diffusion, distill, inference
+from diffusion_distill import load_sampler, losses, models, schedules
+from diffusion_distill import validation
+from tests import gaussian, tiny
+
+
+def _logsnr_fn(t):
+  return schedules.cosine_logsnr(t, -20., 20.)
+
+
+@pytest.mark.parametrize('num_student_steps', [1, 2, 4, 64])
+def test_student_step_lands_on_teacher_two_steps(num_student_steps):
+  """With the exact Gaussian denoiser as teacher, one DDIM step with the
+  target x lands where two teacher DDIM steps land, on random grid points."""
+  dim, batch = 3, 64
+  mean, cov = gaussian.make_gaussian(dim)
+  teacher = gaussian.exact_x_hat_fn(mean, cov)
+  n = num_student_steps
+  k1, k2 = jax.random.split(jax.random.PRNGKey(n))
+  i = jax.random.randint(k1, (batch,), 1, n + 1)
+  t = i / n
+  lt, lmid, ls = _logsnr_fn(t), _logsnr_fn(t - 0.5 / n), _logsnr_fn(t - 1. / n)
+  z_t = jax.random.normal(k2, (batch, dim)) * 1.5
+  x_tilde = losses.two_step_target(teacher, z_t, lt, lmid, ls, i == 1)
+  z_mid = diffusion.ddim_step(z_t, teacher(z_t, lt), lt, lmid)
+  z_s = diffusion.ddim_step(z_mid, teacher(z_mid, lmid), lmid, ls)
+  student = diffusion.ddim_step(z_t, x_tilde, lt, ls)
+  last = np.asarray(i == 1)
+  np.testing.assert_allclose(student[~last], z_s[~last], atol=2e-4)
+  # On the last interval the target is the teacher's second x_hat.
+  np.testing.assert_allclose(x_tilde[last], teacher(z_mid, lmid)[last],
+                             atol=1e-6)
+  if n > 1:
+    # The target is not simply the teacher's one-step x_hat.
+    assert float(jnp.max(jnp.abs(x_tilde - teacher(z_t, lt)))) > 1e-3
+
+
+def test_distill_loss_is_zero_when_the_student_matches_the_target():
+  """A student that outputs the two-step target has zero loss; the teacher
+  itself (one step) does not, and gradients never reach the teacher."""
+  mean, cov = gaussian.make_gaussian(4)
+  exact = gaussian.exact_x_hat_fn(mean, cov)
+  x = jax.random.multivariate_normal(jax.random.PRNGKey(0), mean, cov, (32,))
+  n = 4
+  kwargs = dict(mean_type='x', weighting='snr_trunc', logsnr_fn=_logsnr_fn,
+                num_student_steps=n)
+
+  def teacher_fn(params, z, logsnr, y, train, rng):
+    del y, train, rng
+    return exact(z, logsnr) * params['scale']
+
+  def oracle_fn(params, z, logsnr, y, train, rng):
+    if params is None or 'scale' in params:
+      return teacher_fn({'scale': 1.}, z, logsnr, y, train, rng)
+    t = schedules.cosine_t_from_logsnr(logsnr)
+    return losses.two_step_target(
+        lambda zz, ll: exact(zz, ll), z, logsnr, _logsnr_fn(t - 0.5 / n),
+        _logsnr_fn(t - 1. / n), jnp.isclose(t, 1. / n, atol=1e-4))
+
+  rng = jax.random.PRNGKey(1)
+  loss, _ = losses.distill_loss({'oracle': 0.}, {'scale': 1.}, {'image': x},
+                                rng, model_fn=oracle_fn, **kwargs)
+  assert float(loss) < 1e-5
+  loss_teacher, _ = losses.distill_loss(
+      {'scale': 1.}, {'scale': 1.}, {'image': x}, rng, model_fn=teacher_fn,
+      **kwargs)
+  assert float(loss_teacher) > 1e-3
+  grad_teacher = jax.grad(lambda tp: losses.distill_loss(
+      {'scale': 1.}, tp, {'image': x}, rng, model_fn=teacher_fn,
+      **kwargs)[0])({'scale': 1.})
+  assert float(grad_teacher['scale']) == 0.
+
+
+def test_eps_is_refused_for_distillation(digits_dir):
+  with pytest.raises(ValueError, match='eps'):
+    losses.distill_loss({}, {}, {'image': jnp.zeros((1, 2))},
+                        jax.random.PRNGKey(0), model_fn=None, mean_type='eps',
+                        weighting='snr', logsnr_fn=_logsnr_fn,
+                        num_student_steps=2)
+  config = tiny.tiny_config(digits_dir, **{'model.mean_type': 'eps'})
+  config.stages = ('distill',)
+  with pytest.raises(validation.ConfigError, match='model.mean_type'):
+    validation.validate_config(config, num_devices=4)
+
+
+def test_round_plan():
+  assert distill.round_plan(8, 1, 4, 2) == [(4, 4), (2, 8), (1, 8)]
+  assert distill.round_plan(8192, 1, 50_000, 2)[0] == (4096, 50_000)
+  assert len(distill.round_plan(8192, 1, 50_000, 2)) == 13
+  assert distill.round_plan(4, 4, 10) == []
+
+
+def _paper_checkpoint(path, params, num_sample_steps=None):
+  """A msgpack file laid out like the paper's released train states."""
+  adam = optax.adam(1e-4).init(params)
+  state = {'step': np.int64(1234),
+           'optimizer': {'target': params,
+                         'state': {'step': np.int64(1234),
+                                   'param_states': jax.tree.map(
+                                       lambda a: {'grad_ema': a,
+                                                  'grad_sq_ema': a},
+                                       params)}},
+           'ema_params': params}
+  del adam
+  if num_sample_steps is not None:
+    state['num_sample_steps'] = np.int64(num_sample_steps)
+  with open(path, 'wb') as f:
+    f.write(flax.serialization.msgpack_serialize(state))
+
+
+@pytest.fixture(scope='module')
+def teacher_file(digits_dir, tmp_path_factory):
+  """An untrained but non-trivial tiny teacher in the paper's format."""
+  config = tiny.tiny_config(digits_dir)
+  model = models.create_model(config)
+  params = inference.init_params(model, config, jax.random.PRNGKey(3))
+  rs = np.random.RandomState(0)
+  params = jax.tree.map(
+      lambda a: (a + 0.05 * rs.normal(size=a.shape)).astype(np.float32),
+      params)
+  path = str(tmp_path_factory.mktemp('paper') / 'cifar_original')
+  _paper_checkpoint(path, params, num_sample_steps=8)
+  return path, params
+
+
+def _distill_config(digits_dir, teacher_path):
+  config = tiny.tiny_config(digits_dir)
+  config.stages = ('distill',)
+  config.distill.teacher_checkpoint = teacher_path
+  config.distill.start_num_steps = 8
+  return config
+
+
+@pytest.fixture(scope='module')
+def straight_run(digits_dir, teacher_file, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  config = _distill_config(digits_dir, teacher_file[0])
+  final = distill.distill(config, workdir)
+  return workdir, final
+
+
+def test_paper_checkpoint_loads(digits_dir, teacher_file):
+  path, params = teacher_file
+  config = _distill_config(digits_dir, path)
+  loaded, num_steps = distill.load_teacher(config, '/nonexistent')
+  assert num_steps == 8
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_other_architecture_is_named(digits_dir, teacher_file):
+  config = _distill_config(digits_dir, teacher_file[0])
+  config.model.emb_ch = 64
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'dense0/kernel has shape \(32, 32\)'):
+    distill.load_teacher(config, '/nonexistent')
+
+
+def test_run_from_8_to_1_leaves_students(straight_run, teacher_file):
+  workdir, final = straight_run
+  for n in (4, 2, 1):
+    d = os.path.join(distill.round_dir(workdir, n), 'checkpoints')
+    ckpt = checkpoints.Checkpointer(d)
+    assert ckpt.latest_step() == 4
+    meta = ckpt.restore_meta()
+    assert meta['num_sample_steps'] == n and meta['stage'] == 'distill'
+    assert os.path.exists(os.path.join(distill.round_dir(workdir, n),
+                                       'samples', 'step_00000004.png'))
+  # The student moved away from its teacher.
+  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(final), jax.tree.leaves(teacher_file[1]))]
+  assert max(diffs) > 1e-4
+  sampler = load_sampler(workdir)
+  assert sampler.num_steps == 1
+  for a, b in zip(jax.tree.leaves(sampler.params), jax.tree.leaves(final)):
+    np.testing.assert_array_equal(a, b)
+  images = sampler.sample(jax.random.PRNGKey(0), 5)
+  assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_killed_mid_round_resumes_bitwise(digits_dir, teacher_file,
+                                          straight_run, tmp_path):
+  workdir = str(tmp_path / 'killed')
+  config = _distill_config(digits_dir, teacher_file[0])
+  calls = []
+
+  def crash_in_second_round(step):
+    calls.append(step)
+    if len(calls) == 7:  # step 3 of the round to 2 steps (after its ckpt at 2)
+      raise _Crash()
+
+  with pytest.raises(_Crash):
+    distill.distill(config, workdir, step_hook=crash_in_second_round)
+  two = checkpoints.Checkpointer(
+      os.path.join(distill.round_dir(workdir, 2), 'checkpoints'))
+  assert two.latest_step() == 2
+  assert not os.path.exists(distill.round_dir(workdir, 1))
+  resumed = distill.distill(config, workdir)
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight_run[1])):
+    np.testing.assert_array_equal(a, b)

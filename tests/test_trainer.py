@@ -1,0 +1,169 @@
+"""The pmapped step and the stage loop: device-count invariance, skipping of
+non-finite updates, bitwise resume, and main.py end to end."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_distill import diffusion, inference, load_sampler, models
+from diffusion_distill import checkpoints, train, trainer
+from diffusion_distill.train_state import TrainState
+from tests import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _noise_from_batch_loss(params, batch, rng, *, model_fn):
+  """The teacher loss with t and eps taken from the batch, not the rng, so
+  that 1 and 4 devices see the same noise for the same example."""
+  del rng
+  x, logsnr = batch['image'], batch['logsnr']
+  z = diffusion.diffuse(x, batch['noise'], logsnr)
+  out = model_fn(params, z, logsnr, batch['label'], False, None)
+  x_hat = diffusion.predict(out, z, logsnr, 'x').x_hat
+  per_example = diffusion.loss_weight(logsnr, 'snr_trunc') * (
+      diffusion.mean_flat((x - x_hat)**2))
+  return per_example.mean(), per_example
+
+
+@pytest.fixture(scope='module')
+def tiny_model(digits_dir):
+  config = tiny.tiny_config(digits_dir)
+  model = models.create_model(config)
+  params = inference.init_params(model, config, jax.random.PRNGKey(0))
+  return config, model, params
+
+
+def _global_batch(n=8, seed=0):
+  rs = np.random.RandomState(seed)
+  return {'image': rs.uniform(-1, 1, (n, 8, 8, 1)).astype(np.float32),
+          'noise': rs.normal(size=(n, 8, 8, 1)).astype(np.float32),
+          'logsnr': rs.uniform(-10, 10, (n,)).astype(np.float32),
+          'label': rs.randint(0, 10, (n,)).astype(np.int32)}
+
+
+def _run_steps(model, params, num_devices, batches, skip_nonfinite=True):
+  optimizer = trainer.make_optimizer(
+      trainer.warmup_constant_schedule(1e-3, 1), weight_decay=1e-3,
+      grad_clip=1.)
+  loss_fn = functools.partial(_noise_from_batch_loss,
+                              model_fn=inference.make_model_fn(model))
+  step = jax.pmap(
+      functools.partial(trainer.train_step, loss_fn=loss_fn,
+                        optimizer=optimizer, ema_decay=0.9,
+                        skip_nonfinite=skip_nonfinite),
+      axis_name=trainer.AXIS, devices=jax.local_devices()[:num_devices])
+  state = TrainState.create(params, optimizer, jax.random.PRNGKey(1))
+  state = flax.jax_utils.replicate(state, jax.local_devices()[:num_devices])
+  metrics = []
+  for batch in batches:
+    shard = jax.tree.map(
+        lambda a: a.reshape((num_devices, -1) + a.shape[1:]), batch)
+    state, m = step(state, shard)
+    metrics.append(jax.device_get(jax.tree.map(lambda a: a[0], m)))
+  return jax.device_get(jax.tree.map(lambda a: a[0], state)), metrics
+
+
+def test_four_devices_equal_one_device(tiny_model):
+  assert jax.local_device_count() == 4
+  _, model, params = tiny_model
+  batches = [_global_batch(8, seed) for seed in range(2)]
+  one, m1 = _run_steps(model, params, 1, batches)
+  four, m4 = _run_steps(model, params, 4, batches)
+  np.testing.assert_allclose(m1[-1]['loss'], m4[-1]['loss'], rtol=1e-5)
+  assert int(four.step) == 2
+  changed = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                         four.params, params)
+  assert max(jax.tree.leaves(changed)) > 1e-4  # the steps did something
+  for name, a, b in (('params', one.params, four.params),
+                     ('ema_params', one.ema_params, four.ema_params),
+                     ('opt_state', one.opt_state, four.opt_state)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_nonfinite_update_is_skipped_and_counted(tiny_model):
+  _, model, params = tiny_model
+  bad = _global_batch(8)
+  bad['image'][3, 2, 2, 0] = np.nan
+  state, metrics = _run_steps(model, params, 4, [bad])
+  assert metrics[0]['nonfinite_updates'] == 1.
+  assert int(state.nonfinite_in_a_row) == 1
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  state, _ = _run_steps(model, params, 4, [bad], skip_nonfinite=False)
+  assert not np.all(np.isfinite(state.params['conv_out']['kernel']))
+
+
+class _Crash(Exception):
+  pass
+
+
+def _crash_at(step_to_crash):
+  def hook(step):
+    if step == step_to_crash:
+      raise _Crash()
+  return hook
+
+
+def test_teacher_resume_is_bitwise_identical(digits_dir, tmp_path):
+  config = tiny.tiny_config(digits_dir)
+  straight = trainer.run_stage(train.teacher_stage(config, str(tmp_path / 'a')))
+  stage = train.teacher_stage(config, str(tmp_path / 'b'))
+  stage.step_hook = _crash_at(5)  # after the checkpoint at step 4
+  with pytest.raises(_Crash):
+    trainer.run_stage(stage)
+  ckpt = checkpoints.Checkpointer(str(tmp_path / 'b' / 'teacher' / 'checkpoints'))
+  assert ckpt.latest_step() == 4
+  resumed = trainer.run_stage(train.teacher_stage(config, str(tmp_path / 'b')))
+  assert int(resumed.step) == int(straight.step) == 6
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert os.path.exists(tmp_path / 'b' / 'teacher' / 'samples' /
+                        'step_00000006.png')
+
+
+def _main(workdir, data_dir, *flags):
+  cmd = [sys.executable, 'main.py', '--config=tests/tiny.py',
+         f'--workdir={workdir}', f'--config.dataset.data_dir={data_dir}',
+         *flags]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        timeout=600, check=False)
+
+
+def test_main_trains_checkpoints_and_resumes(digits_dir, tmp_path):
+  workdir = str(tmp_path / 'wd')
+  first = _main(workdir, digits_dir, '--config.train.num_steps=4')
+  assert first.returncode == 0, first.stderr[-3000:]
+  ckpt_dir = os.path.join(workdir, 'teacher', 'checkpoints')
+  assert checkpoints.Checkpointer(ckpt_dir).latest_step() == 4
+  second = _main(workdir, digits_dir, '--config.train.num_steps=6')
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'resuming from step 4' in second.stderr
+  assert checkpoints.Checkpointer(ckpt_dir).latest_step() == 6
+  sampler = load_sampler(workdir)
+  assert sampler.num_steps is None  # a continuous-time teacher
+  images = sampler.sample(jax.random.PRNGKey(0), 3, num_steps=4)
+  assert images.dtype == np.uint8 and images.shape == (3, 8, 8, 1)
+
+
+def test_missing_cifar10_stops_before_training(tmp_path):
+  empty = tmp_path / 'tfds'
+  empty.mkdir()
+  workdir = tmp_path / 'wd'
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/cifar10_teacher.py',
+       f'--workdir={workdir}', f'--config.dataset.data_dir={empty}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'TFDS_DATA_DIR' in last, last
+  assert 'Traceback' not in result.stderr
+  assert not (workdir / 'teacher').exists()

@@ -1,0 +1,34 @@
+"""A tiny digits config: every test that trains uses it, so compiles stay cheap."""
+
+from configs import digits_teacher
+
+
+def tiny_config(data_dir, **overrides):
+  config = digits_teacher.get_config()
+  config.dataset.data_dir = data_dir
+  config.model.ch = 32
+  config.model.emb_ch = 32
+  config.model.ch_mult = (1,)
+  config.model.num_res_blocks = 1
+  config.train.batch_size = 8
+  config.train.num_steps = 6
+  config.train.warmup_steps = 2
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 2
+  config.train.sample_every_steps = 6
+  config.train.num_grid_samples = 4
+  config.train.grid_sample_steps = 4
+  config.distill.batch_size = 8
+  config.distill.start_num_steps = 8
+  config.distill.end_num_steps = 1
+  config.distill.steps_per_round = 4
+  config.distill.last_rounds_multiplier = 1
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def get_config():
+  """For `main.py --config=tests/tiny.py --config.dataset.data_dir=DIR`."""
+  return tiny_config(None)

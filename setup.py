@@ -14,6 +14,7 @@ setuptools.setup(
                  'models (Salimans & Ho, ICLR 2022) in JAX/Flax'),
     packages=setuptools.find_packages(include=['diffusion_distill',
                                                'diffusion_distill.*']),
+    package_data={'diffusion_distill.evaluation': ['digits_classifier.npz']},
     python_requires='>=3.10',
     install_requires=[
         'absl-py',
@@ -26,6 +27,7 @@ setuptools.setup(
         'optax',
         'orbax-checkpoint',
         'scikit-learn',  # the bundled offline digits data set
+        'scipy',
         'tensorboard',
         'tensorflow-cpu',  # tf.data and TFDS only; JAX does the compute
         'tensorflow-datasets',

@@ -106,6 +106,18 @@ def ddim_x_target(z_t, z_s, logsnr_t, logsnr_s):
   return (z_s - ratio * z_t) / (alpha_s - ratio * alpha_t)
 
 
+def renoise(rng, z_s, logsnr_s, logsnr_t):
+  """Forward process from time s to a later time t: a sample of q(z_t | z_s).
+
+  q(z_t | z_s) = N((alpha_t/alpha_s) z_s, sigma_t^2 (1 - SNR(t)/SNR(s))).
+  """
+  alpha_s, _ = alpha_sigma(bcast(logsnr_s, z_s))
+  alpha_t, sigma_t = alpha_sigma(bcast(logsnr_t, z_s))
+  one_minus_r = -jnp.expm1(bcast(logsnr_t - logsnr_s, z_s))
+  noise = jax.random.normal(rng, z_s.shape, z_s.dtype)
+  return (alpha_t / alpha_s) * z_s + sigma_t * jnp.sqrt(one_minus_r) * noise
+
+
 def posterior_mean_var(z_t, x_hat, logsnr_t, logsnr_s, noise_interp):
   """Mean and variance of the ancestral step q(z_s | z_t, x = x_hat).
 

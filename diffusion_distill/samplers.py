@@ -60,6 +60,31 @@ def ancestral_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng,
   return jax.lax.fori_loop(0, num_steps, body, z_init)
 
 
+def stochastic_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng):
+  """The stochastic sampler for distilled models (PAPER.md section 5).
+
+  Each step from t = i/N takes a DDIM step of twice the length, to
+  (i-2)/N (clipped at 0), then re-noises with the forward process back to
+  (i-1)/N. The last step returns x_hat, so N steps cost N evaluations.
+  """
+  num_steps = jnp.asarray(num_steps, jnp.int32)
+  batch_size = z_init.shape[0]
+
+  def body(k, z):
+    i = num_steps - k
+    logsnr_t = _grid_logsnr(logsnr_fn, i, num_steps, batch_size)
+    logsnr_s = _grid_logsnr(logsnr_fn, i - 1, num_steps, batch_size)
+    logsnr_far = _grid_logsnr(logsnr_fn, jnp.maximum(i - 2, 0), num_steps,
+                              batch_size)
+    x_hat = x_hat_fn(z, logsnr_t)
+    z_far = diffusion.ddim_step(z, x_hat, logsnr_t, logsnr_far)
+    z_s = diffusion.renoise(jax.random.fold_in(rng, k), z_far, logsnr_far,
+                            logsnr_s)
+    return jnp.where(i == 1, x_hat, z_s)
+
+  return jax.lax.fori_loop(0, num_steps, body, z_init)
+
+
 def to_uint8(x):
   """Maps samples in [-1, 1] to uint8 pixels."""
   return jnp.clip(jnp.round((x + 1.) * 127.5), 0, 255).astype(jnp.uint8)

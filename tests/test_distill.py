@@ -164,7 +164,7 @@ def test_other_architecture_is_named(digits_dir, teacher_file):
   config = _distill_config(digits_dir, teacher_file[0])
   config.model.emb_ch = 64
   with pytest.raises(checkpoints.CheckpointError,
-                     match=r'dense0/kernel has shape \(32, 32\)'):
+                     match=r'dense0/bias has shape \(32,\) but config.model gives \(64,\)'):
     distill.load_teacher(config, '/nonexistent')
 
 

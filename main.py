@@ -72,7 +72,7 @@ def main(argv):
   except validation.ConfigError as e:
     _fail(e, 2)
   except (input_pipeline.DataNotFoundError, checkpoints.CheckpointError,
-          trainer.NonFiniteError) as e:
+          trainer.NonFiniteError, FileNotFoundError) as e:
     _fail(e, 1)
 
 

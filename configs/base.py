@@ -73,5 +73,20 @@ def get_config():
 
   config.eval = ml_collections.ConfigDict()
   config.eval.num_samples = 50_000
-  config.eval.sample_steps = (1, 2, 4, 8)
+  # Samples drawn per host per call, split over its devices.
+  config.eval.batch_size = 512
+  # Reference statistics are computed over this many training images.
+  config.eval.num_reference = 50_000
+  # The teacher is swept over these step counts with each teacher sampler;
+  # each student is evaluated at its own step count with each student sampler.
+  config.eval.sample_steps = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+  config.eval.teacher_samplers = ('ddim', 'ancestral')
+  config.eval.student_samplers = ('ddim', 'stochastic')
+  # Log-space interpolation of the ancestral variance: 0 = lower bound
+  # (true posterior), 1 = upper bound.
+  config.eval.ancestral_noise_interp = 0.5
+  config.eval.num_seeds = 1
+  # Converted FID Inception weights (scripts/convert_inception_weights.py);
+  # empty: $DIFFUSION_DISTILL_INCEPTION_WEIGHTS or the default cache path.
+  config.eval.inception_weights = ''
   return config

@@ -5,6 +5,7 @@ import functools
 import os
 from typing import Any, Optional
 
+import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,22 +24,37 @@ def make_model_fn(model):
   return model_fn
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_ddim(model, mean_type, logsnr_min, logsnr_max, clip_x):
-  """One jitted DDIM sampler per (model, parameterization, schedule).
+SAMPLERS = ('ddim', 'ancestral', 'stochastic')
 
-  Parameters, step count and labels are arguments, so sampling a new round's
-  student or at another step count does not recompile.
+
+@functools.lru_cache(maxsize=None)
+def _compiled_sampler(model, mean_type, logsnr_min, logsnr_max, clip_x, method,
+                      parallel):
+  """One compiled sampler per (model, parameterization, schedule, method).
+
+  Parameters, step count, labels and the ancestral coefficient are
+  arguments, so sampling a new round's student or at another step count
+  does not recompile. With `parallel`, it is pmapped over the local devices.
   """
+  if method not in SAMPLERS:
+    raise ValueError(f'sampler {method!r} is not known; use one of {SAMPLERS}.')
   model_fn = make_model_fn(model)
   logsnr_fn = lambda t: schedules.cosine_logsnr(t, logsnr_min, logsnr_max)
 
-  def run(params, z, labels, num_steps):
+  def run(params, z, labels, num_steps, rng, noise_interp):
     x_hat_fn = samplers.model_x_hat_fn(model_fn, params, mean_type, labels,
                                        clip_x)
-    return samplers.to_uint8(
-        samplers.ddim_sample(x_hat_fn, z, num_steps, logsnr_fn))
+    if method == 'ddim':
+      x = samplers.ddim_sample(x_hat_fn, z, num_steps, logsnr_fn)
+    elif method == 'ancestral':
+      x = samplers.ancestral_sample(x_hat_fn, z, num_steps, logsnr_fn, rng,
+                                    noise_interp)
+    else:
+      x = samplers.stochastic_sample(x_hat_fn, z, num_steps, logsnr_fn, rng)
+    return samplers.to_uint8(x)
 
+  if parallel:
+    return jax.pmap(run, in_axes=(0, 0, 0, None, 0, None))
   return jax.jit(run)
 
 
@@ -72,26 +88,67 @@ class Sampler:
     new.params = params
     return new
 
-  def sample(self, rng, num_samples, num_steps=None, labels=None):
-    """DDIM samples as uint8 [num_samples, H, W, C].
-
-    Without `labels`, a class-conditional model draws labels uniformly.
-    """
-    num_steps = num_steps or self.num_steps or self.default_num_steps
+  def _noise_and_labels(self, rng, num_samples, labels):
     rng_z, rng_y = jax.random.split(rng)
     z = jax.random.normal(rng_z, (num_samples,) + self.image_shape)
-    if self.num_classes > 1:
-      if labels is None:
-        labels = jax.random.randint(rng_y, (num_samples,), 0, self.num_classes)
-      labels = jnp.asarray(labels, jnp.int32)
-      if labels.shape != (num_samples,):
-        raise ValueError(f'labels must have shape ({num_samples},), got '
-                         f'{labels.shape}')
-    else:
-      labels = None
-    fn = _compiled_ddim(self.model, self.mean_type, self.logsnr_min,
-                        self.logsnr_max, self.clip_x)
-    return np.asarray(fn(self.params, z, labels, jnp.int32(num_steps)))
+    if self.num_classes <= 1:
+      return z, None
+    if labels is None:
+      labels = jax.random.randint(rng_y, (num_samples,), 0, self.num_classes)
+    labels = jnp.asarray(labels, jnp.int32)
+    if labels.shape != (num_samples,):
+      raise ValueError(f'labels must have shape ({num_samples},), got '
+                       f'{labels.shape}')
+    return z, labels
+
+  def _fn(self, method, parallel):
+    return _compiled_sampler(self.model, self.mean_type, self.logsnr_min,
+                             self.logsnr_max, self.clip_x, method, parallel)
+
+  def sample(self, rng, num_samples, num_steps=None, labels=None,
+             method='ddim', noise_interp=0.):
+    """Samples as uint8 [num_samples, H, W, C], on one device.
+
+    `method` is 'ddim' (default), 'ancestral' (with `noise_interp` in [0, 1])
+    or 'stochastic' (for distilled models). Without `labels`, a
+    class-conditional model draws labels uniformly.
+    """
+    num_steps = num_steps or self.num_steps or self.default_num_steps
+    rng_noise, rng_sampler = jax.random.split(rng)
+    z, labels = self._noise_and_labels(rng_noise, num_samples, labels)
+    fn = self._fn(method, parallel=False)
+    return np.asarray(fn(self.params, z, labels, jnp.int32(num_steps),
+                         rng_sampler, jnp.float32(noise_interp)))
+
+  def sample_batches(self, rng, num_samples, batch_size, num_steps=None,
+                     method='ddim', noise_interp=0.):
+    """Yields uint8 batches totalling `num_samples`, pmapped over local devices.
+
+    `batch_size` must divide over the local devices; the last batch may be
+    smaller (it is cut from a full one, so nothing recompiles).
+    """
+    devices = jax.local_devices()
+    if batch_size % len(devices):
+      raise ValueError(f'eval batch size {batch_size} must divide over the '
+                       f'{len(devices)} local devices')
+    num_steps = num_steps or self.num_steps or self.default_num_steps
+    fn = self._fn(method, parallel=True)
+    params = flax.jax_utils.replicate(self.params, devices)
+    done, index = 0, 0
+    while done < num_samples:
+      key = jax.random.fold_in(rng, index)
+      rng_noise, rng_sampler = jax.random.split(key)
+      z, labels = self._noise_and_labels(rng_noise, batch_size, None)
+      shard = lambda a: None if a is None else a.reshape(
+          (len(devices), -1) + a.shape[1:])
+      out = fn(params, shard(z), shard(labels), jnp.int32(num_steps),
+               jax.random.split(rng_sampler, len(devices)),
+               jnp.float32(noise_interp))
+      out = np.asarray(out).reshape((batch_size,) + self.image_shape)
+      take = min(batch_size, num_samples - done)
+      yield out[:take]
+      done += take
+      index += 1
 
 
 def image_grid(images, ncols=None, pad=1):

@@ -1,4 +1,4 @@
-"""Stages that main.py runs: the teacher, then (optionally) distillation.
+"""Stages that main.py runs: the teacher, distillation, evaluation.
 
 `train_and_evaluate(config, workdir)` runs `config.stages` in order. Each
 stage writes under its own directory of the workdir:
@@ -6,6 +6,7 @@ stage writes under its own directory of the workdir:
   WORKDIR/config.json
   WORKDIR/teacher/{checkpoints,samples}/ + TensorBoard events
   WORKDIR/distill/student_NNNNN/...   one per round; NNNNN = student's steps
+  WORKDIR/eval/results.{csv,json}, quality_vs_steps.png
 """
 
 import functools
@@ -24,7 +25,6 @@ from diffusion_distill import schedules
 from diffusion_distill import trainer
 from diffusion_distill import validation
 
-STAGES = ('teacher', 'distill')
 
 
 def teacher_stage(config, workdir) -> trainer.Stage:
@@ -79,8 +79,11 @@ def _train_iterator(config, batch_size, seed, start_step):
 def train_and_evaluate(config, workdir):
   """Runs the stages of `config.stages` in order; each resumes where it stopped."""
   from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
+  from diffusion_distill import evaluate  # pylint: disable=g-import-not-at-top
   validation.validate_config(config)
   input_pipeline.check_data_available(config)
+  if 'eval' in config.stages:
+    evaluate.make_metric(config)  # Missing Inception weights stop us here.
   if jax.process_index() == 0:
     tf.io.gfile.makedirs(workdir)
     _write_atomically(os.path.join(workdir, 'config.json'),
@@ -90,6 +93,8 @@ def train_and_evaluate(config, workdir):
       trainer.run_stage(teacher_stage(config, workdir))
     elif stage == 'distill':
       distill.distill(config, workdir)
+    elif stage == 'eval':
+      evaluate.evaluate(config, workdir)
 
 
 def _write_atomically(path, text):

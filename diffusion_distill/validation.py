@@ -4,7 +4,7 @@ import jax
 
 from diffusion_distill import diffusion
 
-KNOWN_STAGES = ('teacher', 'distill')
+KNOWN_STAGES = ('teacher', 'distill', 'eval')
 
 
 class ConfigError(ValueError):
@@ -53,6 +53,8 @@ def validate_config(config, num_devices=None):
              t.batch_size,
              f'must divide over the {num_devices} devices: use a multiple '
              f'of {num_devices}')
+  if 'eval' in stages:
+    _validate_eval(config, num_devices // jax.process_count())
   if 'distill' in stages:
     d = config.distill
     _require(m.mean_type != 'eps', 'model.mean_type', m.mean_type,
@@ -73,3 +75,23 @@ def validate_config(config, num_devices=None):
              d.batch_size,
              f'must divide over the {num_devices} devices: use a multiple '
              f'of {num_devices}')
+
+
+def _validate_eval(config, local_devices):
+  from diffusion_distill import inference  # pylint: disable=g-import-not-at-top
+  e = config.eval
+  for field in ('num_samples', 'batch_size', 'num_seeds'):
+    _require(e[field] > 0, f'eval.{field}', e[field], 'must be positive')
+  _require(e.num_samples >= 2, 'eval.num_samples', e.num_samples,
+           'a Frechet distance needs at least 2 samples')
+  _require(e.batch_size % local_devices == 0, 'eval.batch_size', e.batch_size,
+           f'must divide over the {local_devices} local devices')
+  for field in ('teacher_samplers', 'student_samplers'):
+    for s in e[field]:
+      _require(s in inference.SAMPLERS, f'eval.{field}', tuple(e[field]),
+               f'each sampler must be one of {inference.SAMPLERS}')
+  for n in e.sample_steps:
+    _require(int(n) > 0, 'eval.sample_steps', tuple(e.sample_steps),
+             'step counts must be positive')
+  _require(0. <= e.ancestral_noise_interp <= 1., 'eval.ancestral_noise_interp',
+           e.ancestral_noise_interp, 'use a value in [0, 1]')

@@ -214,3 +214,37 @@ def test_killed_mid_round_resumes_bitwise(digits_dir, teacher_file,
   resumed = distill.distill(config, workdir)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight_run[1])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_evaluation_stage_table_and_plot(digits_dir, teacher_file,
+                                         straight_run):
+  """The eval stage over the 8 -> 1 run: teacher sweep + every student."""
+  import json  # pylint: disable=g-import-not-at-top
+  from diffusion_distill import evaluate  # pylint: disable=g-import-not-at-top
+  workdir, _ = straight_run
+  config = _distill_config(digits_dir, teacher_file[0])
+  config.eval.num_samples = 12
+  config.eval.batch_size = 8
+  config.eval.sample_steps = (1, 2)
+  rows = evaluate.evaluate(config, workdir)
+  keys = {(r['model'], r['sampler'], r['num_steps']) for r in rows}
+  assert keys == {('teacher', m, n) for m in ('ddim', 'ancestral')
+                  for n in (1, 2)} | {('student', m, n)
+                                      for m in ('ddim', 'stochastic')
+                                      for n in (4, 2, 1)}
+  assert all(r['num_samples'] == 12 and r['fd_digits'] > 0 for r in rows)
+  by_key = {(r['model'], r['sampler'], r['num_steps']): r for r in rows}
+  # One stochastic step is one DDIM step (both return x_hat of z_1).
+  assert by_key[('student', 'stochastic', 1)]['fd_digits'] == pytest.approx(
+      by_key[('student', 'ddim', 1)]['fd_digits'])
+  eval_dir = os.path.join(workdir, 'eval')
+  with open(os.path.join(eval_dir, 'results.csv')) as f:
+    header = f.readline().strip().split(',')
+    assert len(f.readlines()) == len(rows)
+  assert header[:4] == ['model', 'sampler', 'num_steps', 'seed']
+  with open(os.path.join(eval_dir, 'quality_vs_steps.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # A re-run keeps finished rows instead of recomputing them.
+  with open(os.path.join(eval_dir, 'results.json')) as f:
+    saved = json.load(f)
+  assert evaluate.evaluate(config, workdir) == saved

@@ -152,6 +152,14 @@ def test_main_trains_checkpoints_and_resumes(digits_dir, tmp_path):
   assert sampler.num_steps is None  # a continuous-time teacher
   images = sampler.sample(jax.random.PRNGKey(0), 3, num_steps=4)
   assert images.dtype == np.uint8 and images.shape == (3, 8, 8, 1)
+  out = tmp_path / 'generated'
+  result = subprocess.run(
+      [sys.executable, 'sample.py', f'--workdir={workdir}', '--num_samples=3',
+       '--num_steps=2', '--method=ancestral', f'--output_dir={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(out)) == ['000000.png', '000001.png', '000002.png',
+                                     'grid.png']
 
 
 def test_missing_cifar10_stops_before_training(tmp_path):

@@ -69,18 +69,52 @@ def classifier_confidence_and_coverage(logits) -> Tuple[float, float]:
   logits = np.asarray(logits, np.float64)
   if logits.ndim != 2 or logits.shape[0] == 0:
     raise ValueError(f'Need logits [N, K] with N > 0; got {logits.shape}.')
-  num_samples, num_classes = logits.shape
-  shifted = logits - logits.max(axis=1, keepdims=True)
-  probs = np.exp(shifted)
-  probs /= probs.sum(axis=1, keepdims=True)
-  max_probs = probs.max(axis=1)
-  confidence = float(max_probs.mean())
-  weighted = np.bincount(probs.argmax(axis=1), weights=max_probs,
-                         minlength=num_classes) / num_samples
-  freq = weighted[weighted > 0] / weighted.sum()
-  effective_classes = np.exp(-np.sum(freq * np.log(freq)))
-  coverage = float(confidence * effective_classes / num_classes)
-  return confidence, coverage
+  return ClassStats(logits.shape[1]).update(logits).confidence_and_coverage()
+
+
+class ClassStats:
+  """Streams classifier logits into the sums that the class metrics need.
+
+  Memory is O(K) whatever the number of samples: the Inception Score
+  (a single split), confidence and coverage are all functions of these sums.
+  """
+
+  def __init__(self, num_classes: int):
+    self.num_classes = num_classes
+    self.count = 0
+    self.sum_probs = np.zeros(num_classes)
+    self.sum_neg_entropy = 0.  # sum over samples of sum_y p log p
+    self.sum_max_prob = 0.
+    self.confident_counts = np.zeros(num_classes)  # max prob, binned by argmax
+
+  def update(self, logits) -> 'ClassStats':
+    logits = np.asarray(logits, np.float64)
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    p = np.exp(log_p)
+    self.count += p.shape[0]
+    self.sum_probs += p.sum(axis=0)
+    self.sum_neg_entropy += float(np.sum(p * log_p))
+    max_probs = p.max(axis=1)
+    self.sum_max_prob += float(max_probs.sum())
+    self.confident_counts += np.bincount(
+        p.argmax(axis=1), weights=max_probs, minlength=self.num_classes)
+    return self
+
+  def inception_score(self) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) over all samples seen (one split)."""
+    marginal = self.sum_probs / self.count
+    mean_kl = (self.sum_neg_entropy / self.count -
+               float(np.sum(marginal * np.log(np.maximum(marginal, 1e-30)))))
+    return float(np.exp(mean_kl))
+
+  def confidence_and_coverage(self) -> Tuple[float, float]:
+    confidence = self.sum_max_prob / self.count
+    weighted = self.confident_counts / self.count
+    freq = weighted[weighted > 0] / weighted.sum()
+    effective_classes = np.exp(-np.sum(freq * np.log(freq)))
+    return float(confidence), float(
+        confidence * effective_classes / self.num_classes)
 
 
 def digits_metrics(sample_images_uint8,

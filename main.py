@@ -71,8 +71,9 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except validation.ConfigError as e:
     _fail(e, 2)
-  except (input_pipeline.DataNotFoundError, checkpoints.CheckpointError,
-          trainer.NonFiniteError, FileNotFoundError) as e:
+  except (input_pipeline.DataNotFoundError, input_pipeline.NonFiniteDataError,
+          checkpoints.CheckpointError, trainer.NonFiniteError,
+          FileNotFoundError) as e:
     _fail(e, 1)
 
 

@@ -2,8 +2,9 @@
 
   python main.py --config=configs/digits_teacher.py --workdir=/tmp/digits
 
-Hardware: any CPU (measured on a 2-core x86_64 VM; see README for the time).
-A 0.84M-parameter U-Net (ch 32, ch_mult 1,2, 2 res blocks, no attention),
+Hardware: any CPU. Measured on a 2-core x86_64 VM (no accelerator): 6,000
+steps in 548 s (about 11 steps/s), samples recognizable as digits.
+A 1.07M-parameter U-Net (ch 32, emb_ch 128, ch_mult 1,2, 2 res blocks, no attention),
 x-prediction with truncated-SNR weighting, 6,000 steps at batch 64.
 """
 

@@ -7,8 +7,10 @@ kill during a save never leaves a checkpoint that looks finished.
 """
 
 import os
+import sys
 from typing import Any
 
+from absl import logging
 import flax.serialization
 import flax.traverse_util
 import jax
@@ -34,17 +36,31 @@ def _manager(directory, max_to_keep=2, read_only=False):
 
 
 class Checkpointer:
-  """Saves and restores one stage's TrainState under `directory`."""
+  """Saves and restores one stage's TrainState under `directory`.
+
+  Restoring without a step takes the latest USABLE checkpoint: one whose
+  files are truncated or garbled, or that lacks an item, is skipped with a
+  warning for the one before it (Orbax keeps the latest `max_to_keep`). In a
+  writable directory the skipped step is then renamed to `<step>.corrupt`:
+  Orbax lists only all-digit names, so the stage can save that step again,
+  and nothing the user has is deleted. `latest_step()` then names the step
+  that was restored.
+  """
 
   def __init__(self, directory, max_to_keep=2, read_only=False):
     self.directory = os.fspath(directory)
+    self._read_only = read_only
     self._mngr = _manager(directory, max_to_keep, read_only)
+    # Steps found unusable by a read-only checkpointer, which cannot move
+    # them aside.
+    self._unusable = set()
 
   def latest_step(self):
-    return self._mngr.latest_step()
+    steps = self.all_steps()
+    return max(steps) if steps else None
 
   def all_steps(self):
-    return list(self._mngr.all_steps())
+    return [s for s in self._mngr.all_steps() if s not in self._unusable]
 
   def save(self, step: int, state: Any, meta: dict):
     state = jax.device_get(state)
@@ -57,30 +73,25 @@ class Checkpointer:
     self._mngr.wait_until_finished()
 
   def restore_meta(self, step=None):
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f'no checkpoint in {self.directory}')
-    out = self._mngr.restore(step, args=ocp.args.Composite(
+    _, out = self._restore(step, ocp.args.Composite(
         meta=ocp.args.JsonRestore()))
     return dict(out['meta'])
 
   def restore(self, template: Any, step=None):
-    """Restores (state, meta) at `step` (default latest) into `template`'s structure."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f'no checkpoint in {self.directory}')
+    """(state, meta, step) in `template`'s structure.
+
+    At `step`, or by default the latest usable step: the one returned, older
+    than latest_step() was before the call when that checkpoint is unusable.
+    """
     template = jax.tree.map(np.asarray, jax.device_get(template))
-    out = self._mngr.restore(step, args=ocp.args.Composite(
+    step, out = self._restore(step, ocp.args.Composite(
         state=ocp.args.StandardRestore(template),
         meta=ocp.args.JsonRestore()))
-    return out['state'], dict(out['meta'])
+    return out['state'], dict(out['meta']), step
 
   def restore_params(self, params_template: Any, which='ema_params', step=None):
     """Restores only one parameter tree of the state (no optimizer template needed)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f'no checkpoint in {self.directory}')
-    out = self._mngr.restore(step, args=ocp.args.Composite(
+    _, out = self._restore(step, ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item={which: jax.tree.map(np.asarray, params_template)},
             restore_args={which: jax.tree.map(
@@ -90,8 +101,98 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return out['state'][which], dict(out['meta'])
 
+  def _restore(self, step, args):
+    """(step, restored items) at `step`, or at the latest usable one."""
+    _drop_closed_loop_noise()
+    if step is not None:
+      try:
+        return step, self._mngr.restore(step, args=args)
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(
+            f'checkpoint at step {step} in {self.directory} cannot be '
+            f'restored: {_one_line(e)}') from e
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f'no checkpoint in {self.directory}')
+    failed = []
+    for s in steps:
+      try:
+        out = self._mngr.restore(s, args=args)
+      except Exception as e:  # pylint: disable=broad-except
+        # Anything can come out of a garbled file (tensorstore, JSON, msgpack
+        # errors). Only a restore of an older step shows that the newer
+        # files, not e.g. the template, were at fault.
+        failed.append((s, _one_line(e)))
+        continue
+      for bad, why in failed:
+        self._set_aside(bad, why, s)
+      if failed and not self._read_only:
+        self._mngr.reload()
+      return s, out
+    # Nothing is renamed here: the user decides what to do with the files.
+    raise CheckpointError(
+        f'no usable checkpoint in {self.directory} ('
+        + '; '.join(f'step {s}: {why}' for s, why in failed)
+        + '); nothing was overwritten or deleted: repair or move this '
+        'directory aside to start the stage afresh')
+
+  def _set_aside(self, step, why, restored_step):
+    """Skips `step` from now on; renames it to `<step>.corrupt` if writable."""
+    if self._read_only:
+      self._unusable.add(step)
+      where = 'left in place (read-only)'
+    else:
+      src = epath.Path(self.directory) / str(step)
+      dst = src.parent / f'{step}.corrupt'
+      n = 1
+      while dst.exists():
+        n += 1
+        dst = src.parent / f'{step}.corrupt{n}'
+      if jax.process_index() == 0:
+        try:
+          src.rename(dst)
+        except OSError as e:
+          raise CheckpointError(
+              f'checkpoint at step {step} in {self.directory} is unusable '
+              f'({why}) and cannot be moved aside to {dst.name}: {e}') from e
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        multihost_utils.sync_global_devices(f'set aside step {step}')
+      where = f'moved to {dst}'
+    logging.warning('checkpoint at step %d in %s is unusable (%s): restored '
+                    'step %d instead; the unusable one is %s', step,
+                    self.directory, why, restored_step, where)
+
   def close(self):
     self._mngr.close()
+
+
+def _drop_closed_loop_noise():
+  """Keeps a failed restore to the one line we log or raise.
+
+  When one read of a garbled checkpoint fails, Orbax closes its event loop
+  while tensorstore still completes the other reads; each then reports
+  "RuntimeError: Event loop is closed" with a traceback through
+  sys.unraisablehook, dozens per restore. Only those are dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_noise', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (unraisable.object is None and isinstance(error, RuntimeError)
+            and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop_noise = True
+  sys.unraisablehook = hook
+
+
+def _one_line(error, limit=300):
+  """`Type: message` on one line, cut to `limit` characters."""
+  text = ' '.join(f'{type(error).__name__}: {error}'.split())
+  return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def load_paper_checkpoint(path):
@@ -160,3 +261,12 @@ def check_same_tree(expected, actual, what):
       raise CheckpointError(
           f'{what}: parameter {name} has shape {got[name]} but config.model '
           f'gives {want[name]}: another architecture')
+
+
+def write_atomically(path, data):
+  """Writes str or bytes so that `path` is either absent, old or complete."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w' if isinstance(data, str) else 'wb') as f:
+    f.write(data)
+  tf.io.gfile.rename(tmp, path, overwrite=True)

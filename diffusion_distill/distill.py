@@ -44,6 +44,26 @@ def round_dir(workdir, num_student_steps):
   return os.path.join(workdir, 'distill', f'student_{num_student_steps:05d}')
 
 
+def finished_students(workdir):
+  """[(num_sample_steps, checkpoint_dir)] of every finished round, most steps first."""
+  out = []
+  parent = epath.Path(workdir) / 'distill'
+  if not parent.is_dir():
+    return out
+  for round_path in parent.iterdir():
+    d = round_path / 'checkpoints'
+    if not d.is_dir():
+      continue
+    ckpt = checkpoints.Checkpointer(d, read_only=True)
+    if ckpt.latest_step() is not None:
+      meta = ckpt.restore_meta()
+      # After restore_meta, which skips an unusable latest checkpoint.
+      if ckpt.latest_step() == meta['stage_num_steps']:
+        out.append((meta['num_sample_steps'], os.fspath(d)))
+    ckpt.close()
+  return sorted(out, reverse=True)
+
+
 def load_teacher(config, workdir):
   """(ema_params, num_sample_steps) of `distill.teacher_checkpoint`.
 

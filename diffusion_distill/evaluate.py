@@ -18,6 +18,7 @@ import os
 
 from absl import logging
 from clu import metric_writers
+import flax.jax_utils
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -59,14 +60,22 @@ class InceptionMetric:
 
   def __init__(self, weights_path):
     from diffusion_distill.evaluation import inception  # pylint: disable=g-import-not-at-top
-    self._inception = inception
-    self._params = inception.load_inception_params(weights_path or None)
+    params = inception.load_inception_params(weights_path or None)
+    self._devices = jax.local_devices()
+    self._params = flax.jax_utils.replicate(params, self._devices)
+    self._apply = jax.pmap(inception.apply_inception)
     self.num_classes = 1008
 
   def features_and_logits(self, images):
-    features, logits = self._inception.features_and_logits(self._params,
-                                                           images)
-    return np.asarray(features), np.asarray(logits)
+    """The network pmapped over the local devices (the batch is padded)."""
+    n, d = images.shape[0], len(self._devices)
+    pad = -n % d
+    images = np.concatenate([images, np.repeat(images[:1], pad, 0)])
+    features, logits = self._apply(
+        self._params, images.reshape((d, -1) + images.shape[1:]))
+    features = np.asarray(features).reshape((n + pad, -1))[:n]
+    logits = np.asarray(logits).reshape((n + pad, -1))[:n]
+    return features, logits
 
   def summarize(self, stats, class_stats, reference):
     return {'fid': stats.frechet_distance(reference),
@@ -147,35 +156,8 @@ def reference_stats(config, metric, eval_dir):
   if jax.process_index() == 0:
     buf = io.BytesIO()
     stats.to_npz(buf)
-    _write_bytes(path, buf.getvalue())
+    checkpoints.write_atomically(path, buf.getvalue())
   return stats
-
-
-def _write_bytes(path, data):
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _student_dirs(workdir):
-  """[(num_steps, checkpoint_dir)] of every finished round, most steps first."""
-  out = []
-  parent = os.path.join(workdir, 'distill')
-  if not tf.io.gfile.isdir(parent):
-    return out
-  for name in tf.io.gfile.listdir(parent):
-    d = os.path.join(parent, name.rstrip('/'), 'checkpoints')
-    if not tf.io.gfile.isdir(d):
-      continue
-    ckpt = checkpoints.Checkpointer(d, read_only=True)
-    step = ckpt.latest_step()
-    if step is not None:
-      meta = ckpt.restore_meta(step)
-      if step == meta['stage_num_steps']:
-        out.append((meta['num_sample_steps'], d))
-    ckpt.close()
-  return sorted(out, reverse=True)
 
 
 def _plan(config, workdir):
@@ -195,7 +177,7 @@ def _plan(config, workdir):
     for method in e.teacher_samplers:
       for n in e.sample_steps:
         plan.append(('teacher', method, int(n), teacher_source))
-  for n, d in _student_dirs(workdir):
+  for n, d in distill.finished_students(workdir):
     for method in e.student_samplers:
       plan.append(('student', method, int(n), d))
   return plan
@@ -247,7 +229,7 @@ def evaluate(config, workdir):
       logging.info('eval %s', row)
       rows.append(row)
       if jax.process_index() == 0:
-        _write_bytes(results_path, json.dumps(rows, indent=1).encode())
+        checkpoints.write_atomically(results_path, json.dumps(rows, indent=1).encode())
   if jax.process_index() == 0:
     write_outputs(rows, metric.name, eval_dir)
     writer = metric_writers.create_default_writer(eval_dir)
@@ -272,10 +254,10 @@ def write_outputs(rows, metric_name, eval_dir):
   w.writeheader()
   for r in rows:
     w.writerow(r)
-  _write_bytes(os.path.join(eval_dir, 'results.csv'), buf.getvalue().encode())
+  checkpoints.write_atomically(os.path.join(eval_dir, 'results.csv'), buf.getvalue().encode())
   if rows:
     png = plot_quality_vs_steps(rows, metric_name)
-    _write_bytes(os.path.join(eval_dir, 'quality_vs_steps.png'), png)
+    checkpoints.write_atomically(os.path.join(eval_dir, 'quality_vs_steps.png'), png)
 
 
 def plot_quality_vs_steps(rows, metric_name):

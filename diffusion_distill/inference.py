@@ -224,32 +224,19 @@ def load_model(checkpoint_dir, step=None):
   model = models.create_model(config)
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                           abstract_params(model, config))
-  params, _ = ckpt.restore_params(template, 'ema_params', step)
+  # Its meta, not restore_meta's: this restore may have skipped an unusable
+  # latest checkpoint.
+  params, meta = ckpt.restore_params(template, 'ema_params', step)
   ckpt.close()
   return config, model, params, meta
 
 
 def _latest_model_dir(workdir):
   """The final student's checkpoints if any round finished, else the teacher's."""
-  from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  best, best_steps = None, None
-  distill_dir = os.path.join(workdir, 'distill')
-  if tf.io.gfile.isdir(distill_dir):
-    for name in tf.io.gfile.listdir(distill_dir):
-      d = os.path.join(distill_dir, name.rstrip('/'), 'checkpoints')
-      if not tf.io.gfile.isdir(d):
-        continue
-      ckpt = checkpoints.Checkpointer(d, read_only=True)
-      step = ckpt.latest_step()
-      if step is not None:
-        meta = ckpt.restore_meta(step)
-        n = meta.get('num_sample_steps')
-        if step == meta['stage_num_steps'] and (best is None or n < best_steps):
-          best, best_steps = d, n
-      ckpt.close()
-  if best is not None:
-    return best
+  from diffusion_distill import checkpoints, distill  # pylint: disable=g-import-not-at-top
+  students = distill.finished_students(workdir)
+  if students:
+    return students[-1][1]
   return checkpoints.stage_checkpoint_dir(workdir)
 
 

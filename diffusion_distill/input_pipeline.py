@@ -28,6 +28,10 @@ class DataNotFoundError(Exception):
   """The TFDS data set a config asks for is not prepared on disk."""
 
 
+class NonFiniteDataError(ValueError):
+  """The images of a data set hold NaN or Inf values."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What the model and the pipeline need to know about one data set.
@@ -183,6 +187,13 @@ def _read_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo,
                 deterministic=True)
 
 
+def _check_finite(images: np.ndarray, name: str, where: str):
+  if not np.isfinite(images).all():
+    raise NonFiniteDataError(
+        f'data set {name!r} has NaN or Inf pixel values in {where}: repair '
+        'or rebuild it (training on them would only skip updates)')
+
+
 def _derive_seed(*path: int) -> int:
   """A well-mixed 31-bit seed from a tuple of ints (stable across runs)."""
   return int(np.random.SeedSequence(path).generate_state(1)[0] >> 1)
@@ -297,7 +308,18 @@ def create_train_iterator(
               deterministic=True)
   ds = ds.prefetch(config.dataset.prefetch)
   ds = ds.with_options(_deterministic_options())
-  return iter(tfds.as_numpy(ds))
+  batches = tfds.as_numpy(ds)
+  # Integer images (all of our TFDS data sets) cannot hold NaN or Inf; only
+  # a float source (e.g. a custom builder) is checked, on the host batch.
+  if not examples.element_spec['image'].dtype.is_floating:
+    return iter(batches)
+  return _finite_batches(batches, config.dataset.name, start_step)
+
+
+def _finite_batches(batches, name, start_step):
+  for step, batch in enumerate(batches, start_step + 1):
+    _check_finite(batch['image'], name, f'the batch of training step {step}')
+    yield batch
 
 
 def load_all_images(config: ml_collections.ConfigDict,
@@ -311,6 +333,11 @@ def load_all_images(config: ml_collections.ConfigDict,
   builder = _builder(config, info)
   ds = _read_split(builder, info, split).batch(4096)
   batches = [batch['image'] for batch in tfds.as_numpy(ds)]
+  for i, images in enumerate(batches):
+    if np.issubdtype(images.dtype, np.floating):
+      _check_finite(images, config.dataset.name,
+                    f'examples {i * 4096}-{i * 4096 + len(images) - 1} of '
+                    f'split {split!r}')
   if not batches:
     return np.zeros((0, info.image_size, info.image_size, info.channels),
                     np.uint8)

@@ -10,13 +10,12 @@ stage writes under its own directory of the workdir:
 """
 
 import functools
-import json
 import os
 
-from absl import logging
 import jax
 import tensorflow as tf
 
+from diffusion_distill import checkpoints
 from diffusion_distill import input_pipeline
 from diffusion_distill import inference
 from diffusion_distill import losses
@@ -81,13 +80,14 @@ def train_and_evaluate(config, workdir):
   from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
   from diffusion_distill import evaluate  # pylint: disable=g-import-not-at-top
   validation.validate_config(config)
-  input_pipeline.check_data_available(config)
+  validation.validate_workdir(workdir)
   if 'eval' in config.stages:
     evaluate.make_metric(config)  # Missing Inception weights stop us here.
+  input_pipeline.check_data_available(config)
   if jax.process_index() == 0:
     tf.io.gfile.makedirs(workdir)
-    _write_atomically(os.path.join(workdir, 'config.json'),
-                      config.to_json_best_effort(indent=2))
+    checkpoints.write_atomically(os.path.join(workdir, 'config.json'),
+                                 config.to_json_best_effort(indent=2))
   for stage in config.stages:
     if stage == 'teacher':
       trainer.run_stage(teacher_stage(config, workdir))
@@ -95,15 +95,3 @@ def train_and_evaluate(config, workdir):
       distill.distill(config, workdir)
     elif stage == 'eval':
       evaluate.evaluate(config, workdir)
-
-
-def _write_atomically(path, text):
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def load_config_json(workdir):
-  with tf.io.gfile.GFile(os.path.join(workdir, 'config.json')) as f:
-    return json.load(f)

@@ -145,9 +145,11 @@ def run_stage(stage: Stage):
   """
   ckpt = checkpoints.Checkpointer(os.path.join(stage.workdir, 'checkpoints'))
   state = TrainState.create(stage.init_params, stage.optimizer, stage.rng)
-  start = ckpt.latest_step() or 0
-  if start:
-    state, _ = ckpt.restore(state, start)
+  start = 0
+  if ckpt.latest_step() is not None:
+    # The step restored, not the latest on disk: an unusable latest
+    # checkpoint is skipped (and moved aside) for the one before it.
+    state, _, start = ckpt.restore(state)
     logging.info('%s: resuming from step %d', stage.name, start)
   if start >= stage.num_steps:
     ckpt.close()

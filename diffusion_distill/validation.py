@@ -1,5 +1,8 @@
 """Config checks that run before any work: each error is one line with the fix."""
 
+import os
+import tempfile
+
 import jax
 
 from diffusion_distill import diffusion
@@ -75,6 +78,31 @@ def validate_config(config, num_devices=None):
              d.batch_size,
              f'must divide over the {num_devices} devices: use a multiple '
              f'of {num_devices}')
+
+
+def validate_workdir(workdir):
+  """Raises ConfigError unless `workdir` is or can become a writable dir.
+
+  Creates nothing that stays: the workdir itself is made later, once every
+  other check has passed. Remote paths (gs://...) are left to the first write.
+  """
+  if '://' in workdir:
+    return
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--workdir={workdir} cannot be used: {existing} is not '
+                      'a directory; choose another --workdir')
+  try:
+    # What os.access cannot tell: read-only mounts, ACLs, root squash.
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} cannot be used: {existing} is not '
+                      f'writable ({e.strerror or e}); choose another '
+                      '--workdir') from None
 
 
 def _validate_eval(config, local_devices):

@@ -377,3 +377,26 @@ def test_confidence_and_coverage(classifier, digits):
   two = np.repeat(np.eye(10)[:2] * 100.0, 5, axis=0)
   assert metrics.classifier_confidence_and_coverage(two) == (
       pytest.approx(1.0), pytest.approx(0.2))
+
+
+def test_inception_metric_is_pmapped_and_pads_batches(tmp_path):
+  """The eval stage's Inception metric over 4 devices equals one device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from diffusion_distill import evaluate  # pylint: disable=g-import-not-at-top
+  from diffusion_distill.evaluation import inception  # pylint: disable=g-import-not-at-top
+  import flax.traverse_util  # pylint: disable=g-import-not-at-top
+  rs = np.random.RandomState(0)
+  flat = flax.traverse_util.flatten_dict(inception.abstract_params())
+  params = flax.traverse_util.unflatten_dict({
+      k: (np.ones(s.shape) if k[-1] == 'moving_variance' else
+          rs.normal(size=s.shape) * 0.05).astype(np.float32)
+      for k, s in flat.items()})
+  path = str(tmp_path / 'w.npz')
+  inception.save_inception_params(path, params)
+  metric = evaluate.InceptionMetric(path)
+  images = rs.randint(0, 256, (5, 16, 16, 3)).astype(np.uint8)  # 5 % 4 != 0
+  features, logits = metric.features_and_logits(images)
+  want_f, want_l = inception.features_and_logits(params, images)
+  assert features.shape == (5, 2048) and logits.shape == (5, 1008)
+  np.testing.assert_allclose(features, want_f, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(logits, want_l, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,6 @@ import sys
 
 import flax.jax_utils
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -175,3 +174,19 @@ def test_missing_cifar10_stops_before_training(tmp_path):
   assert last.startswith('error: ') and 'TFDS_DATA_DIR' in last, last
   assert 'Traceback' not in result.stderr
   assert not (workdir / 'teacher').exists()
+
+
+def test_missing_inception_weights_stop_before_any_work(tmp_path):
+  workdir = tmp_path / 'wd'
+  env = dict(os.environ,
+             DIFFUSION_DISTILL_INCEPTION_WEIGHTS=str(tmp_path / 'none.npz'))
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/cifar10_distill.py',
+       f'--workdir={workdir}', "--config.stages=('distill', 'eval')"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+      env=env)
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'convert_inception_weights.py' in last
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()

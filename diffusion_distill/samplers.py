@@ -26,38 +26,45 @@ def _grid_logsnr(logsnr_fn, i, num_steps, batch_size):
   return logsnr_fn(jnp.full((batch_size,), t))
 
 
-def ddim_sample(x_hat_fn, z_init, num_steps, logsnr_fn):
-  """Deterministic DDIM from t=1 to t=0 in `num_steps` steps; returns x_hat of the last."""
+def _grid_loop(x_hat_fn, z_init, num_steps, logsnr_fn, step):
+  """Walks the grid t_i = i/N from i = N down to 1, one network call a step.
+
+  `step(k, i, z, x_hat, logsnr_t, logsnr_s, grid)` returns z at s = (i-1)/N;
+  `grid(j)` is logsnr at j/N. The last step returns x_hat itself.
+  """
   num_steps = jnp.asarray(num_steps, jnp.int32)
-  batch_size = z_init.shape[0]
+  grid = lambda j: _grid_logsnr(logsnr_fn, j, num_steps, z_init.shape[0])
 
   def body(k, z):
     i = num_steps - k
-    logsnr_t = _grid_logsnr(logsnr_fn, i, num_steps, batch_size)
-    logsnr_s = _grid_logsnr(logsnr_fn, i - 1, num_steps, batch_size)
+    logsnr_t, logsnr_s = grid(i), grid(i - 1)
     x_hat = x_hat_fn(z, logsnr_t)
     return jnp.where(i == 1, x_hat,
-                     diffusion.ddim_step(z, x_hat, logsnr_t, logsnr_s))
+                     step(k, i, z, x_hat, logsnr_t, logsnr_s, grid))
 
   return jax.lax.fori_loop(0, num_steps, body, z_init)
+
+
+def ddim_sample(x_hat_fn, z_init, num_steps, logsnr_fn):
+  """Deterministic DDIM from t=1 to t=0 in `num_steps` steps; returns x_hat of the last."""
+
+  def step(k, i, z, x_hat, logsnr_t, logsnr_s, grid):
+    del k, i, grid
+    return diffusion.ddim_step(z, x_hat, logsnr_t, logsnr_s)
+
+  return _grid_loop(x_hat_fn, z_init, num_steps, logsnr_fn, step)
 
 
 def ancestral_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng,
                      noise_interp=0.):
   """Ancestral sampling q(z_s | z_t, x = x_hat) with log-space variance interpolation."""
-  num_steps = jnp.asarray(num_steps, jnp.int32)
-  batch_size = z_init.shape[0]
 
-  def body(k, z):
-    i = num_steps - k
-    logsnr_t = _grid_logsnr(logsnr_fn, i, num_steps, batch_size)
-    logsnr_s = _grid_logsnr(logsnr_fn, i - 1, num_steps, batch_size)
-    x_hat = x_hat_fn(z, logsnr_t)
-    z_s = diffusion.ancestral_step(
-        jax.random.fold_in(rng, k), z, x_hat, logsnr_t, logsnr_s, noise_interp)
-    return jnp.where(i == 1, x_hat, z_s)
+  def step(k, i, z, x_hat, logsnr_t, logsnr_s, grid):
+    del i, grid
+    return diffusion.ancestral_step(jax.random.fold_in(rng, k), z, x_hat,
+                                    logsnr_t, logsnr_s, noise_interp)
 
-  return jax.lax.fori_loop(0, num_steps, body, z_init)
+  return _grid_loop(x_hat_fn, z_init, num_steps, logsnr_fn, step)
 
 
 def stochastic_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng):
@@ -67,22 +74,14 @@ def stochastic_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng):
   (i-2)/N (clipped at 0), then re-noises with the forward process back to
   (i-1)/N. The last step returns x_hat, so N steps cost N evaluations.
   """
-  num_steps = jnp.asarray(num_steps, jnp.int32)
-  batch_size = z_init.shape[0]
 
-  def body(k, z):
-    i = num_steps - k
-    logsnr_t = _grid_logsnr(logsnr_fn, i, num_steps, batch_size)
-    logsnr_s = _grid_logsnr(logsnr_fn, i - 1, num_steps, batch_size)
-    logsnr_far = _grid_logsnr(logsnr_fn, jnp.maximum(i - 2, 0), num_steps,
-                              batch_size)
-    x_hat = x_hat_fn(z, logsnr_t)
+  def step(k, i, z, x_hat, logsnr_t, logsnr_s, grid):
+    logsnr_far = grid(jnp.maximum(i - 2, 0))
     z_far = diffusion.ddim_step(z, x_hat, logsnr_t, logsnr_far)
-    z_s = diffusion.renoise(jax.random.fold_in(rng, k), z_far, logsnr_far,
-                            logsnr_s)
-    return jnp.where(i == 1, x_hat, z_s)
+    return diffusion.renoise(jax.random.fold_in(rng, k), z_far, logsnr_far,
+                             logsnr_s)
 
-  return jax.lax.fori_loop(0, num_steps, body, z_init)
+  return _grid_loop(x_hat_fn, z_init, num_steps, logsnr_fn, step)
 
 
 def to_uint8(x):

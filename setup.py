@@ -21,6 +21,7 @@ setuptools.setup(
         'clu',
         'etils[epath]',
         'flax',
+        'matplotlib',  # the quality-vs-steps plot
         'jax',
         'ml_collections',
         'numpy',

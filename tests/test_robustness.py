@@ -154,14 +154,18 @@ def _copy(workdir, tmp_path):
 
 
 def _garble(step_dir):
-  """Zeroes the first half of the state's largest file and cuts the rest."""
+  """Zeroes the first half of every file of the state and cuts the rest.
+
+  Every file, not one: which data file holds which array (e.g. ema_params,
+  the only part load_model reads) varies from run to run.
+  """
   files = [os.path.join(d, f) for d, _, fs in os.walk(
       os.path.join(step_dir, 'state')) for f in fs]
-  largest = max(files, key=os.path.getsize)
-  size = os.path.getsize(largest)
-  with open(largest, 'wb') as f:
-    f.write(b'\0' * (size // 2))
-  return os.path.relpath(largest, step_dir)
+  for path in files:
+    size = os.path.getsize(path)
+    with open(path, 'wb') as f:
+      f.write(b'\0' * (size // 2))
+  return os.path.relpath(max(files, key=os.path.getsize), step_dir)
 
 
 def _listing(directory):

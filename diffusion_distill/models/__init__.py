@@ -2,6 +2,8 @@
 
 import jax.numpy as jnp
 
+from diffusion_distill import diffusion
+
 from diffusion_distill.models.unet import UNet
 from diffusion_distill.models.unet import logsnr_to_time
 from diffusion_distill.models.unet import timestep_embedding
@@ -9,7 +11,6 @@ from diffusion_distill.models.unet import timestep_embedding
 __all__ = ['UNet', 'create_model', 'logsnr_to_time', 'timestep_embedding']
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-_MEAN_TYPES = ('eps', 'x', 'both', 'v')
 
 
 def create_model(config):
@@ -22,9 +23,9 @@ def create_model(config):
   if m.dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype={m.dtype!r}: use one of '
                      f'{sorted(_DTYPES)}.')
-  if m.mean_type not in _MEAN_TYPES:
+  if m.mean_type not in diffusion.MEAN_TYPES:
     raise ValueError(f'config.model.mean_type={m.mean_type!r}: use one of '
-                     f'{_MEAN_TYPES}.')
+                     f'{diffusion.MEAN_TYPES}.')
   info = dataset_info(config.dataset.name)
   # 'both' predicts x and eps: x in the first C channels, eps in the last C.
   out_ch = info.channels * (2 if m.mean_type == 'both' else 1)

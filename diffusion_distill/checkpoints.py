@@ -1,7 +1,11 @@
 """Checkpoints: Orbax CheckpointManager for our stages, and the paper's release format.
 
-A stage's checkpoint holds two items: `state` (the TrainState, saved from
-host NumPy arrays) and `meta` (JSON: num_sample_steps and what the stage is).
+A stage's checkpoint holds two items: `state` (the TrainState) and `meta`
+(JSON: num_sample_steps and what the stage is). The trainer hands over host
+NumPy arrays, the same on every process; they are saved as global jax.Arrays
+replicated over one device per process, so that Orbax coordinates the write
+across processes (it cannot save process-local arrays from 2+ processes) and
+the first replica alone writes the data.
 Orbax writes to a temporary directory and renames it when complete, so a
 kill during a save never leaves a checkpoint that looks finished.
 """
@@ -63,7 +67,7 @@ class Checkpointer:
     return [s for s in self._mngr.all_steps() if s not in self._unusable]
 
   def save(self, step: int, state: Any, meta: dict):
-    state = jax.device_get(state)
+    state = _to_global(jax.device_get(state))
     self._mngr.save(
         int(step),
         args=ocp.args.Composite(
@@ -83,23 +87,22 @@ class Checkpointer:
     At `step`, or by default the latest usable step: the one returned, older
     than latest_step() was before the call when that checkpoint is unusable.
     """
-    template = jax.tree.map(np.asarray, jax.device_get(template))
     step, out = self._restore(step, ocp.args.Composite(
-        state=ocp.args.StandardRestore(template),
+        state=ocp.args.StandardRestore(_abstract_global(template)),
         meta=ocp.args.JsonRestore()))
-    return out['state'], dict(out['meta']), step
+    return _to_host(out['state']), dict(out['meta']), step
 
   def restore_params(self, params_template: Any, which='ema_params', step=None):
     """Restores only one parameter tree of the state (no optimizer template needed)."""
+    abstract = _abstract_global(params_template)
     _, out = self._restore(step, ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
-            item={which: jax.tree.map(np.asarray, params_template)},
+            item={which: abstract},
             restore_args={which: jax.tree.map(
-                lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                params_template)},
+                lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)},
             partial_restore=True),
         meta=ocp.args.JsonRestore()))
-    return out['state'][which], dict(out['meta'])
+    return _to_host(out['state'][which]), dict(out['meta'])
 
   def _restore(self, step, args):
     """(step, restored items) at `step`, or at the latest usable one."""
@@ -165,6 +168,38 @@ class Checkpointer:
 
   def close(self):
     self._mngr.close()
+
+
+def _replicated():
+  """Replicated over the first device of every process: one copy per host."""
+  first = {}
+  for d in jax.devices():
+    first.setdefault(d.process_index, d)
+  mesh = jax.sharding.Mesh(np.array([first[p] for p in sorted(first)]),
+                           ('processes',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _to_global(host_tree):
+  """Host arrays, equal on every process -> replicated global jax.Arrays."""
+  sharding = _replicated()
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      host_tree)
+
+
+def _abstract_global(template):
+  """ShapeDtypeStructs of `template` with the replicated sharding."""
+  sharding = _replicated()
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+      if hasattr(x, 'dtype') else jax.ShapeDtypeStruct(
+          np.shape(x), np.result_type(x), sharding=sharding), template)
+
+
+def _to_host(tree):
+  """This process's copy of replicated global arrays, as NumPy."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 def _drop_closed_loop_noise():

@@ -1,0 +1,33 @@
+"""The quality benchmark: a digits teacher distilled from 256 steps to 1.
+
+  python main.py --config=configs/digits_quality.py --workdir=/tmp/quality
+  python benchmarks/quality.py --workdir=/tmp/quality
+
+Offline, on CPU. Unlike the quickstart (configs/digits.py) the teacher
+trains at batch 128, distillation starts at 256 steps with 800 updates per
+round (1,600 for the rounds ending at 2 and 1 steps, the paper's doubling),
+and the evaluation draws 2,000 samples per row for 3 seeds, for the teacher
+with DDIM and stochastic sampling at 1..256 steps and for every student.
+"""
+
+from configs import digits_teacher
+
+
+def get_config():
+  config = digits_teacher.get_config()
+  config.stages = ('teacher', 'distill', 'eval')
+  config.train.batch_size = 128
+  config.train.grid_sample_steps = 256
+
+  config.distill.start_num_steps = 256
+  config.distill.end_num_steps = 1
+  config.distill.steps_per_round = 800
+  config.distill.last_rounds_multiplier = 2
+  config.distill.batch_size = 64
+
+  config.eval.num_samples = 2000
+  config.eval.num_seeds = 3
+  config.eval.sample_steps = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+  config.eval.teacher_samplers = ('ddim', 'stochastic')
+  config.eval.student_samplers = ('ddim', 'stochastic')
+  return config

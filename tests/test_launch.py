@@ -424,5 +424,7 @@ def test_shellcheck(tmp_path):
   job, _, _ = _batch_dry_run(main_args=['--workdir=gs://b/w'])
   task = tmp_path / 'batch_task.sh'
   task.write_text(_task_script(job))
-  result = _run(['shellcheck', TPU_VM, GCP_BATCH, str(task)])
+  # -x follows the scripts' `source` of launch/common.sh.
+  result = _run(['shellcheck', '-x', TPU_VM, GCP_BATCH,
+                 os.path.join(os.path.dirname(TPU_VM), 'common.sh'), str(task)])
   assert result.returncode == 0, result.stdout

@@ -93,7 +93,10 @@ class Checkpointer:
     return _to_host(out['state']), dict(out['meta']), step
 
   def restore_params(self, params_template: Any, which='ema_params', step=None):
-    """Restores only one parameter tree of the state (no optimizer template needed)."""
+    """Restores only one parameter tree of the state (no optimizer template needed).
+
+    `params_template` may hold arrays or jax.ShapeDtypeStructs.
+    """
     abstract = _abstract_global(params_template)
     _, out = self._restore(step, ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
@@ -191,10 +194,9 @@ def _to_global(host_tree):
 def _abstract_global(template):
   """ShapeDtypeStructs of `template` with the replicated sharding."""
   sharding = _replicated()
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
-      if hasattr(x, 'dtype') else jax.ShapeDtypeStruct(
-          np.shape(x), np.result_type(x), sharding=sharding), template)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      np.shape(x), x.dtype if hasattr(x, 'dtype') else np.result_type(x),
+      sharding=sharding), template)
 
 
 def _to_host(tree):

@@ -222,11 +222,10 @@ def load_model(checkpoint_dir, step=None):
   meta = ckpt.restore_meta(step)
   config = config_from_meta(meta)
   model = models.create_model(config)
-  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                          abstract_params(model, config))
   # Its meta, not restore_meta's: this restore may have skipped an unusable
   # latest checkpoint.
-  params, meta = ckpt.restore_params(template, 'ema_params', step)
+  params, meta = ckpt.restore_params(abstract_params(model, config),
+                                     'ema_params', step)
   ckpt.close()
   return config, model, params, meta
 

@@ -20,6 +20,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/digits.py.', lock_config=True)
+flags.DEFINE_bool('multihost', False,
+                  'Multi-host: call jax.distributed.initialize(), which '
+                  'detects the processes on TPU VMs and SLURM. Implied by '
+                  '--coordinator_address and --num_processes.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-host: host:port of process 0 (auto-detected on TPU '
                     'VMs and SLURM when left out).')
@@ -54,21 +58,28 @@ def main(argv):
 
   # tf.data only feeds the input pipeline: keep TensorFlow off accelerators.
   tf.config.set_visible_devices([], 'GPU')
-  if FLAGS.coordinator_address or FLAGS.num_processes:
+  if FLAGS.multihost or FLAGS.coordinator_address or FLAGS.num_processes:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
 
   from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top
   from diffusion_distill import input_pipeline  # pylint: disable=g-import-not-at-top
+  from diffusion_distill import preemption  # pylint: disable=g-import-not-at-top
   from diffusion_distill import train  # pylint: disable=g-import-not-at-top
   from diffusion_distill import trainer  # pylint: disable=g-import-not-at-top
   from diffusion_distill import validation  # pylint: disable=g-import-not-at-top
 
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
+  preemption.install_handler()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    # A clean stop: the scheduler restarts the same command, which resumes.
+    logging.warning('%s', e)
+    print(f'preempted: {e}', file=sys.stderr)
+    sys.exit(0)
   except validation.ConfigError as e:
     _fail(e, 2)
   except (input_pipeline.DataNotFoundError, input_pipeline.NonFiniteDataError,

@@ -3,17 +3,22 @@ r"""Speed benchmarks: every figure is a ratio of two times measured in one run.
   python -m benchmarks.speed                        # every section, full size
   python -m benchmarks.speed --what=matmul,step --cifar_batch=8
   python -m benchmarks.speed --quick                # tiny sizes (seconds)
+  python -m benchmarks.speed --what=matmul,step,sampling,distill_cost,memory \
+      --matmul_size=8192 --cifar_batch=128 --machine=h100   # on a GPU
 
 Sections (`--what`, comma-separated; default all of them):
 
-  matmul         FLOP/s of a jitted f32 2048x2048 @ 2048x2048 matmul: the
-                 reference peak every FLOP/s of this run is divided by.
+  matmul         FLOP/s of a jitted f32 2048x2048 @ 2048x2048 matmul
+                 (--matmul_size; use e.g. 8192 on a GPU): the reference
+                 peak every FLOP/s of this run is divided by.
   step           images/s and FLOP/s of the teacher and the distillation
                  training steps (trainer.train_step, pmapped over ONE device,
                  with the loss and optimizer of train.teacher_stage and
                  distill.round_stage), for configs/digits.py and for the
                  paper's CIFAR-10 U-Net at --cifar_batch. FLOPs per step come
-                 from XLA's cost analysis of the compiled step.
+                 from XLA's cost analysis of the compiled step on CPU, of the
+                 lowered (unoptimized) step elsewhere: XLA:GPU's compiled
+                 analysis leaves out cuDNN/cuBLAS calls.
                  Goal: CIFAR-10 step FLOP/s >= 0.5 x matmul FLOP/s.
   sampling       time of an N-step DDIM `inference.Sampler.sample` divided
                  by N x the time of one jitted network evaluation on the same
@@ -40,6 +45,7 @@ import contextlib
 import dataclasses
 import datetime
 import functools
+import importlib.metadata
 import json
 import math
 import os
@@ -50,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from typing import Any, Callable, Optional, Sequence
 
 from absl import app
@@ -128,6 +135,9 @@ def cost_flops(cost) -> Optional[float]:
   if isinstance(cost, dict):
     cost = [cost]
   flops = [c.get('flops') for c in cost if c and c.get('flops') is not None]
+  # XLA:GPU's compiled cost analysis can report a negative 'flops' (seen on
+  # an H200 with jax 0.11.2): treat a count <= 0 as no count.
+  flops = [f for f in flops if f > 0]
   if not flops:
     return None
   # A list holds one entry per device of one replicated program.
@@ -167,7 +177,8 @@ def first_round(config):
   """(num_student_steps, num_updates) of the config's first round."""
   d = config.distill
   return distill.round_plan(d.start_num_steps, d.end_num_steps,
-                            d.steps_per_round, d.last_rounds_multiplier)[0]
+                            d.steps_per_round, d.last_rounds_multiplier,
+                            d.long_rounds_max_steps)[0]
 
 
 def random_batch(config, batch_size, seed=0):
@@ -192,6 +203,8 @@ class Step:
   compile_s: float
   flops: Optional[float]
   flops_source: str
+  flops_compiled: Optional[float] = None
+  flops_lowered: Optional[float] = None
 
   def run(self):
     """One update; returns its metrics (device arrays, not waited for)."""
@@ -251,12 +264,21 @@ def build_step(config, kind: str, batch_size: int, *,
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
-  flops, source = cost_flops(compiled.cost_analysis()), 'compiled'
-  if not flops:  # e.g. a backend whose compiled analysis has no 'flops'
-    flops, source = cost_flops(lowered.cost_analysis()), 'lowered'
+  flops_compiled = cost_flops(compiled.cost_analysis())
+  flops_lowered = cost_flops(lowered.cost_analysis())
+  # On GPU the compiled program's convolutions and dots are library calls
+  # (cuDNN/cuBLAS) that XLA's compiled cost analysis does not count (an
+  # H200 run counted ~3% of the lowered FLOPs): there, and wherever the
+  # compiled analysis has no count, use the HLO as lowered (before XLA's
+  # optimizations), which counts every convolution and dot.
+  if flops_compiled and device.platform == 'cpu':
+    flops, source = flops_compiled, 'compiled'
+  else:
+    flops, source = flops_lowered, 'lowered'
   return Step(name=name or kind, stage=stage, batch_size=batch_size,
               compiled=compiled, args=args, lower_s=t1 - t0,
-              compile_s=t2 - t1, flops=flops, flops_source=source)
+              compile_s=t2 - t1, flops=flops, flops_source=source,
+              flops_compiled=flops_compiled, flops_lowered=flops_lowered)
 
 
 def measure_step(step: Step, timing: Timing) -> dict:
@@ -269,6 +291,8 @@ def measure_step(step: Step, timing: Timing) -> dict:
          'images_per_s': step.batch_size / t['median_s'],
          'lower_s': step.lower_s, 'compile_s': step.compile_s,
          'flops_per_step': step.flops, 'flops_source': step.flops_source,
+         'flops_per_step_compiled': step.flops_compiled,
+         'flops_per_step_lowered': step.flops_lowered,
          'last_loss': float(last['loss'])}
   if step.flops:
     out['flops_per_example'] = step.flops / step.batch_size
@@ -375,7 +399,8 @@ def distillation_cost(config, *, timing: Timing, teacher: Optional[dict] = None,
   if teacher_params is None:
     teacher_params = train.teacher_stage(config, _UNUSED_WORKDIR).init_params
   plan = distill.round_plan(d.start_num_steps, d.end_num_steps,
-                            d.steps_per_round, d.last_rounds_multiplier)
+                            d.steps_per_round, d.last_rounds_multiplier,
+                            d.long_rounds_max_steps)
   rounds = []
   for i, (n, updates) in enumerate(plan):
     if i == 0 and first_round_result is not None:
@@ -571,7 +596,25 @@ def device_description() -> dict:
           'local_device_count': jax.local_device_count(),
           'devices_used_for_timing': 1, 'host_cpu': cpu_model,
           'host_cpu_cores': cores, 'machine': platform.machine(),
-          'xla_flags': os.environ.get('XLA_FLAGS', '')}
+          'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'xla_python_client_preallocate': os.environ.get(
+              'XLA_PYTHON_CLIENT_PREALLOCATE', '')}
+
+
+_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'clu',
+             'ml_collections', 'numpy', 'tensorflow', 'tensorflow-cpu',
+             'tensorflow-datasets')
+
+
+def package_versions() -> dict:
+  """Installed versions of the packages the timed code runs on."""
+  out = {}
+  for name in _PACKAGES:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return out
 
 
 def machine_tag() -> str:
@@ -657,7 +700,9 @@ class _Run:
         m['flops_per_s'], None, None, 'FLOP/s',
         f'jax.jit(jnp.matmul) of two float32 [{m["size"]}, {m["size"]}] '
         'arrays on one device, block_until_ready; FLOPs from XLA cost '
-        'analysis; value = FLOPs / median time. Reference peak for this run '
+        'analysis (2 n^3 where it has no positive count, as on GPU); value '
+        '= FLOPs / median time; matmul_precision None = the backend\'s '
+        'default (on NVIDIA Hopper: TF32 tensor cores for float32). Reference peak for this run '
         '(no goal).', **m)
 
   def section_step(self):
@@ -688,7 +733,8 @@ class _Run:
         'over ONE device with the whole batch on it and state donated, as '
         'run_stage builds it, on a random batch already on the device '
         '(host->device copy and data pipeline excluded). FLOPs per step from '
-        'XLA cost analysis of that compiled single-device program. value = '
+        'XLA cost analysis of that single-device program: compiled on CPU, '
+        'as lowered elsewhere (flops_source; both kept). value = '
         'the smaller of the two CIFAR-10-architecture ratios (median times); '
         'digits entries are context.',
         reference_matmul_flops_per_s=peak, cifar_batch=self.opts.cifar_batch,
@@ -767,8 +813,16 @@ class _Run:
         'EMA / Adam state sizes. Context; no goal.', **r)
 
 
-def run_benchmark(sections: Sequence[str], opts: Options) -> dict:
-  """Runs `sections` and returns the JSON-able results."""
+def run_benchmark(sections: Sequence[str], opts: Options, *,
+                  keep_going: bool = False,
+                  on_section: Optional[Callable[[dict], Any]] = None) -> dict:
+  """Runs `sections` and returns the JSON-able results.
+
+  keep_going: a section that raises is recorded as {'error': traceback}
+  (value None) and the next one runs, instead of the run stopping.
+  on_section: called with the results so far after each section (e.g. to
+  write them, so that a run stopped part-way keeps what it measured).
+  """
   unknown = set(sections) - set(SECTIONS)
   if unknown:
     raise ValueError(f'unknown sections {sorted(unknown)}; use {SECTIONS}')
@@ -780,21 +834,39 @@ def run_benchmark(sections: Sequence[str], opts: Options) -> dict:
   load_before = os.getloadavg()
   run = _Run(opts)
   out = {}
+
+  def results():
+    return {'meta': dict(env, machine=machine_tag(), quick=opts.quick,
+                         packages=package_versions(),
+                         timing=dataclasses.asdict(opts.timing),
+                         matmul_size=opts.matmul_size,
+                         cifar_batch=opts.cifar_batch,
+                         sample_batch=opts.sample_batch,
+                         load_average_1_5_15min_before=list(load_before),
+                         load_average_1_5_15min_after=list(os.getloadavg()),
+                         sections_asked=list(sections),
+                         argv=list(sys.argv)),
+            'sections': dict(out)}
+
   for name in SECTIONS:
     if name in sections:
       t0 = time.perf_counter()
-      entry = getattr(run, f'section_{name}')()
+      try:
+        entry = getattr(run, f'section_{name}')()
+      except Exception:  # pylint: disable=broad-except
+        if not keep_going:
+          raise
+        entry = _entry(None, GOALS.get(name), None, None,
+                       f'section {name} raised; see error',
+                       error=traceback.format_exc())
+        print(f'section {name} failed:\n{entry["error"]}', file=sys.stderr,
+              flush=True)
       entry.update(env)
       entry['section_wall_s'] = time.perf_counter() - t0
       out[name] = entry
-  return {'meta': dict(env, machine=machine_tag(), quick=opts.quick,
-                       timing=dataclasses.asdict(opts.timing),
-                       cifar_batch=opts.cifar_batch,
-                       sample_batch=opts.sample_batch,
-                       load_average_1_5_15min_before=list(load_before),
-                       load_average_1_5_15min_after=list(os.getloadavg()),
-                       argv=list(sys.argv)),
-          'sections': out}
+      if on_section is not None:
+        on_section(results())
+  return results()
 
 
 def _jsonable(x):
@@ -843,7 +915,9 @@ def format_table(results: dict) -> str:
            f'{results["meta"]["jax_version"]}, {results["meta"]["date"]}, '
            f'load avg before/after '
            f'{results["meta"]["load_average_1_5_15min_before"][0]:.2f}/'
-           f'{results["meta"]["load_average_1_5_15min_after"][0]:.2f}']
+           f'{results["meta"]["load_average_1_5_15min_after"][0]:.2f}, '
+           f'matmul n={results["meta"].get("matmul_size")}, cifar batch '
+           f'{results["meta"]["cifar_batch"]}']
   row = '{:<44} {:>14} {:>8} {:>5}'
   lines.append(row.format('measure', 'value', 'goal', 'met'))
   for name, e in s.items():
@@ -851,7 +925,9 @@ def format_table(results: dict) -> str:
         ('>= ' if name in ('step', 'pipeline') else '<= ') + f'{e["goal"]:g}')
     lines.append(row.format(name, _fmt(e['value'], e['units']), goal,
                             _fmt(e['met'])))
-    if name == 'step':
+    if 'error' in e:
+      lines.append('  ERROR: ' + e['error'].strip().splitlines()[-1])
+    elif name == 'step':
       for k, r in e['entries'].items():
         lines.append(
             f'  {k:<20} batch {r["batch_size"]:>3}: {r["images_per_s"]:9.1f} '
@@ -889,6 +965,11 @@ def format_table(results: dict) -> str:
                        f'{v / 2**20:.0f}' for v in e.get(
                            'vm_hwm_bytes', e['ru_maxrss_bytes']).values()) +
                    ' MiB')
+      dev = e.get('device_memory_stats') or {}
+      if dev.get('peak_bytes_in_use') is not None:
+        lines.append(f'  device peak_bytes_in_use '
+                     f'{dev["peak_bytes_in_use"] / 2**20:.0f} MiB (of '
+                     f'{(dev.get("bytes_limit") or 0) / 2**20:.0f} MiB limit)')
   return '\n'.join(lines)
 
 
@@ -901,6 +982,8 @@ def _hide_gpus_from_tf():
 FLAGS = flags.FLAGS
 flags.DEFINE_list('what', list(SECTIONS),
                   f'Sections to run, comma-separated: {",".join(SECTIONS)}.')
+flags.DEFINE_integer('matmul_size', 2048, 'n of the reference f32 [n, n] @ '
+                     '[n, n] matmul (2048 is small for a GPU: use e.g. 8192).')
 flags.DEFINE_integer('cifar_batch', 8, 'Batch of the CIFAR-10-architecture '
                      'steps (one device).')
 flags.DEFINE_integer('repeats', 5, 'Timed repeats (median and min kept).')
@@ -917,6 +1000,11 @@ flags.DEFINE_string('machine', '', 'Machine tag for the file name (default: '
                     'from platform and device, e.g. cpu-2core).')
 flags.DEFINE_string('out', '', 'Output JSON path (default: '
                     'benchmarks/results/speed_<machine>.json).')
+flags.DEFINE_boolean('keep_going', False, 'A section that fails is recorded '
+                     'with its error and the others still run; the JSON is '
+                     'rewritten after every section.')
+flags.DEFINE_multi_string('note', [], 'Free text kept in the JSON meta '
+                          '(e.g. how the run was set up); repeatable.')
 flags.DEFINE_string('profile_dir', None, 'If set, the timing of each '
                     'training step runs under jax.profiler.trace(DIR/name).')
 
@@ -942,18 +1030,28 @@ def main(argv):
     if given(name):
       setattr(opts.timing, name, FLAGS[name].value)
   opts.timing.profile_dir = FLAGS.profile_dir
+  if given('matmul_size'):
+    opts.matmul_size = FLAGS.matmul_size
   if given('cifar_batch'):
     opts.cifar_batch = FLAGS.cifar_batch
   if given('sample_batch'):
     opts.sample_batch = FLAGS.sample_batch
   if given('sample_steps'):
     opts.sample_steps = tuple(int(n) for n in FLAGS.sample_steps)
-  results = run_benchmark(sections, opts)
   tag = FLAGS.machine or machine_tag()
-  results['meta']['machine'] = tag
   path = FLAGS.out or os.path.join(REPO, 'benchmarks', 'results',
                                    f'speed_{tag}.json')
-  write_results(results, path)
+
+  def finish(results):
+    results['meta']['machine'] = tag
+    if FLAGS.note:
+      results['meta']['notes'] = list(FLAGS.note)
+    write_results(results, path)
+    return results
+
+  results = finish(run_benchmark(
+      sections, opts, keep_going=FLAGS.keep_going,
+      on_section=finish if FLAGS.keep_going else None))
   print(format_table(results))
   print(f'wrote {path}')
 

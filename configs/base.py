@@ -65,8 +65,10 @@ def get_config():
   config.distill.start_num_steps = 1024
   config.distill.end_num_steps = 1
   config.distill.steps_per_round = 50_000
-  # The rounds that end at 2 and at 1 sampling steps run this many times longer.
   config.distill.last_rounds_multiplier = 2
+  # Rounds whose students sample in at most this many steps run
+  # last_rounds_multiplier times longer (paper: the rounds ending at 2 and 1).
+  config.distill.long_rounds_max_steps = 2
   config.distill.learning_rate = 1e-4
   config.distill.batch_size = 128
   config.distill.grad_clip = 1.0

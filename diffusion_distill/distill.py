@@ -26,16 +26,17 @@ from diffusion_distill import train as train_lib
 
 
 def round_plan(start_num_steps, end_num_steps, steps_per_round,
-               last_rounds_multiplier=1):
+               last_rounds_multiplier=1, long_rounds_max_steps=2):
   """[(student_num_steps, num_updates)] from start/2 down to end.
 
-  The rounds whose students sample in 2 and 1 steps run
-  `last_rounds_multiplier` times longer (the paper doubled them).
+  The rounds whose students sample in at most `long_rounds_max_steps` steps
+  run `last_rounds_multiplier` times longer (the paper doubled the rounds
+  ending at 2 and 1 steps: the default).
   """
   plan, n = [], start_num_steps
   while n > end_num_steps:
     n //= 2
-    mult = last_rounds_multiplier if n <= 2 else 1
+    mult = last_rounds_multiplier if n <= long_rounds_max_steps else 1
     plan.append((n, steps_per_round * mult))
   return plan
 
@@ -152,7 +153,8 @@ def distill(config, workdir, step_hook=None):
                  'there, not from distill.start_num_steps=%d', teacher_steps,
                  d.start_num_steps)
   for n, num_updates in round_plan(start, d.end_num_steps, d.steps_per_round,
-                                   d.last_rounds_multiplier):
+                                   d.last_rounds_multiplier,
+                                   d.long_rounds_max_steps):
     stage = round_stage(config, workdir, params, n, num_updates)
     stage.step_hook = step_hook
     state = trainer.run_stage(stage)

@@ -28,6 +28,7 @@ from diffusion_distill import checkpoints
 from diffusion_distill import distill
 from diffusion_distill import inference
 from diffusion_distill import input_pipeline
+from diffusion_distill import preemption
 from diffusion_distill.evaluation import frechet
 from diffusion_distill.evaluation import metrics as metrics_lib
 
@@ -214,6 +215,10 @@ def evaluate(config, workdir):
       key = (model_name, method, n, config.seed + seed)
       if key in done:
         continue
+      if preemption.requested():  # Rows already measured are in results.json.
+        raise preemption.Preempted(
+            f'evaluation stopped on SIGTERM after {len(rows)} rows, saved in '
+            f'{results_path}; run the same command to resume')
       if source not in loaded:  # one model in memory at a time
         loaded = {source: _load_sampler(config, workdir, source)}
       sampler = loaded[source]

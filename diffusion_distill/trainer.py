@@ -24,6 +24,7 @@ import optax
 
 from diffusion_distill import checkpoints
 from diffusion_distill import inference
+from diffusion_distill import preemption
 from diffusion_distill.train_state import TrainState
 
 AXIS = 'batch'
@@ -123,8 +124,14 @@ class Stage:
   step_hook: Optional[Callable[[int], None]] = None
 
 
+def _first_local(x):
+  """This process's copy of a pmapped value (x[0] would read device 0, which
+  lives on process 0 only: other processes would wait for it forever)."""
+  return x.addressable_data(0)[0]
+
+
 def _unreplicate(tree):
-  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+  return jax.device_get(jax.tree.map(_first_local, tree))
 
 
 def _write_grid(stage, writer, step, ema_params):
@@ -175,13 +182,13 @@ def run_stage(stage: Stage):
     pending.append(metrics)
     report(step)
     if itstime(step, stage.log_every_steps, stage.num_steps):
-      host = jax.device_get([jax.tree.map(lambda x: x[0], m) for m in pending])
+      host = [_unreplicate(m) for m in pending]
       scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       scalars['nonfinite_updates'] *= len(host)
       scalars['learning_rate'] = float(stage.learning_rate_fn(step - 1))
       writer.write_scalars(step, scalars)
       pending = []
-      in_a_row = int(state_r.nonfinite_in_a_row[0])
+      in_a_row = int(_unreplicate(state_r.nonfinite_in_a_row))
       if stage.max_nonfinite_in_a_row and (
           in_a_row >= stage.max_nonfinite_in_a_row):
         raise NonFiniteError(
@@ -189,8 +196,17 @@ def run_stage(stage: Stage):
             f'loss or gradient at step {step}; the last checkpoint in '
             f'{ckpt.directory} is intact. Lower the learning rate or check '
             'the data.')
-    if itstime(step, stage.checkpoint_every_steps, stage.num_steps):
+    saved = itstime(step, stage.checkpoint_every_steps, stage.num_steps)
+    if saved:
       ckpt.save(step, _unreplicate(state_r), stage.meta)
+    if preemption.requested():
+      if not saved:
+        ckpt.save(step, _unreplicate(state_r), stage.meta)
+      writer.flush()
+      ckpt.close()
+      raise preemption.Preempted(
+          f'{stage.name}: stopped after step {step} on SIGTERM, checkpoint '
+          f'saved in {ckpt.directory}; run the same command to resume')
     if itstime(step, stage.sample_every_steps, stage.num_steps):
       _write_grid(stage, writer, step, _unreplicate(state_r.ema_params))
     if stage.step_hook is not None:

@@ -64,7 +64,8 @@ def validate_config(config, num_devices=None):
              "eps is unstable for distillation (x_hat = (z - sigma eps)/alpha "
              "as alpha -> 0); use 'x', 'v' or 'both'")
     for field in ('batch_size', 'steps_per_round', 'start_num_steps',
-                  'end_num_steps', 'last_rounds_multiplier'):
+                  'end_num_steps', 'last_rounds_multiplier',
+                  'long_rounds_max_steps'):
       _require(d[field] > 0, f'distill.{field}', d[field], 'must be positive')
     _require(d.learning_rate > 0, 'distill.learning_rate', d.learning_rate,
              'must be positive')

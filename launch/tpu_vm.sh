@@ -26,7 +26,7 @@ Usage:
 
 Creates the TPU VM (unless it exists), installs the code and a venv on every
 worker, checks jax.device_count() on every worker, then starts
-`python main.py MAIN_ARGS` on every worker in the background (log:
+`python main.py MAIN_ARGS --multihost` on every worker in the background (log:
 ~/diffusion_distill.log on each worker). MAIN_ARGS must hold --workdir=gs://...
 
 Options:
@@ -260,7 +260,9 @@ start_body=(
   'nohup .venv/bin/python main.py "$@" >>"$LOG" 2>&1 </dev/null & echo $! >"$PID"'
   'echo "$(hostname): started main.py (pid $(cat "$PID")), log $LOG"'
 )
-start="set -- $(quote_cmd "${main_args[@]}")"
+# --multihost: jax.distributed.initialize() finds the slice's hosts, and its
+# preemption notice makes every host save the same step on SIGTERM.
+start="set -- $(quote_cmd "${main_args[@]}") --multihost"
 [[ -z $tfds_data_dir ]] || start+="; export TFDS_DATA_DIR=$(quote "$tfds_data_dir")"
 start+="; $(join '; ' "${start_body[@]}")"
 

@@ -97,6 +97,8 @@ def test_eps_is_refused_for_distillation(digits_dir):
 
 def test_round_plan():
   assert distill.round_plan(8, 1, 4, 2) == [(4, 4), (2, 8), (1, 8)]
+  assert distill.round_plan(16, 1, 4, 2, long_rounds_max_steps=4) == [
+      (8, 4), (4, 8), (2, 8), (1, 8)]
   assert distill.round_plan(8192, 1, 50_000, 2)[0] == (4096, 50_000)
   assert len(distill.round_plan(8192, 1, 50_000, 2)) == 13
   assert distill.round_plan(4, 4, 10) == []

@@ -82,7 +82,7 @@ def test_tpu_dry_run_commands():
   assert 'https://example.com/r.git' in _flag(install, '--command')
   assert 'N=16;' in _flag(check, '--command')  # v4-32: 16 chips.
   remote = _flag(start, '--command')
-  assert shlex.split(remote.split(';')[0])[2:] == MAIN_ARGS
+  assert shlex.split(remote.split(';')[0])[2:] == MAIN_ARGS + ['--multihost']
   assert 'export TFDS_DATA_DIR=gs://b/tfds' in remote
   assert 'nohup' in remote
 
@@ -109,7 +109,7 @@ def test_tpu_start_script_runs_main_with_args_intact(tmp_path):
     time.sleep(0.05)
   tfds_dir, *argv = args_file.read_text().split('\0')[:-1]
   assert tfds_dir == 'gs://b/tfds'
-  assert argv == ['main.py'] + MAIN_ARGS
+  assert argv == ['main.py'] + MAIN_ARGS + ['--multihost']
   assert (tmp_path / 'diffusion_distill.log').exists()
 
 

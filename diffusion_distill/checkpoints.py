@@ -10,8 +10,12 @@ Orbax writes to a temporary directory and renames it when complete, so a
 kill during a save never leaves a checkpoint that looks finished.
 """
 
+import errno
+import logging as pylogging
 import os
+import re
 import sys
+import time
 from typing import Any
 
 from absl import logging
@@ -67,14 +71,62 @@ class Checkpointer:
     return [s for s in self._mngr.all_steps() if s not in self._unusable]
 
   def save(self, step: int, state: Any, meta: dict):
+    """Writes `state` and `meta` as checkpoint `step`, or raises CheckpointError.
+
+    A write that fails (a full disk, a quota, an I/O error) raises one line
+    naming the directory and the fix; the checkpoints saved before stay as
+    they were and usable, and the failed step's temporary files are removed.
+    """
+    step = int(step)
     state = _to_global(jax.device_get(state))
-    self._mngr.save(
-        int(step),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave(meta)),
-        force=True)
-    self._mngr.wait_until_finished()
+    _drop_closed_loop_noise()  # What tensorstore reports after a failed write.
+    previous = self.latest_step()
+    try:
+      with _OrbaxErrorsHeld():
+        self._mngr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                meta=ocp.args.JsonSave(meta)),
+            force=True)
+        self._mngr.wait_until_finished()
+    except ocp.checkpoint_manager.StepAlreadyExistsError:
+      raise  # A caller's mistake, not a failed write: nothing to clean up.
+    except (OSError, ValueError, RuntimeError) as e:
+      # Tensorstore reports write failures as ValueError, Orbax's own writes
+      # as OSError, its background threads' as RuntimeError.
+      self._discard_failed_save(step)
+      kept = (f'the checkpoint at step {previous} is intact'
+              if previous is not None else 'no earlier checkpoint exists')
+      raise CheckpointError(
+          f'cannot save the checkpoint at step {step} in {self.directory}: '
+          f'{_write_failure(e)}; free space on that disk (or check that it '
+          f'is writable and healthy) and run the same command again; {kept} '
+          f'({_one_line(e, 200)})') from e
+
+  def _discard_failed_save(self, step):
+    """After a failed save: its temporary directory goes, the step list is reread."""
+    if jax.process_index() == 0:
+      for tmp in epath.Path(self.directory).glob(f'{step}{_TMP_SUFFIX}*'):
+        # Tensorstore may still finish writes that were under way when the
+        # first one failed: remove until the directory stays gone.
+        error = 'it keeps reappearing'
+        for attempt in range(10):
+          try:
+            tmp.rmtree()
+          except OSError as e:
+            error = _one_line(e)
+          time.sleep(0.05 * (attempt + 1))
+          if not tmp.exists():
+            break
+        else:
+          logging.warning('cannot remove %s left by a failed save: %s', tmp,
+                          error)
+    try:
+      self._mngr.reload()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('cannot reread the checkpoints in %s: %s',
+                      self.directory, _one_line(e))
 
   def restore_meta(self, step=None):
     _, out = self._restore(step, ocp.args.Composite(
@@ -171,6 +223,55 @@ class Checkpointer:
 
   def close(self):
     self._mngr.close()
+
+
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for an unfinished step.
+
+
+def _write_failure(error):
+  """What went wrong in a failed write, e.g. 'No space left on device (errno 28)'."""
+  code, e, seen = None, error, 0
+  while e is not None and code is None and seen < 10:
+    seen += 1
+    code = getattr(e, 'errno', None) if isinstance(e, OSError) else None
+    if code is None:
+      # Tensorstore puts the errno in its message: [os_error_code='28'].
+      m = re.search(r"os_error_code='?(\d+)", str(e))
+      code = int(m.group(1)) if m else None
+    e = e.__cause__ or e.__context__
+  if code is None:
+    return 'the write failed'
+  what = {errno.ENOSPC: 'the disk is full',
+          getattr(errno, 'EDQUOT', -1): 'the disk quota is exceeded',
+          errno.EFBIG: 'a file size limit was hit'}.get(code, 'the write failed')
+  return f'{what} ({os.strerror(code)}, errno {code})'
+
+
+class _OrbaxErrorsHeld:
+  """Holds back what Orbax logs at ERROR during a save, tracebacks included.
+
+  A failed save then shows as our one-line CheckpointError alone; if the save
+  succeeds after all, the held records are logged as they came.
+  """
+
+  def __init__(self):
+    self.held = []
+
+  def filter(self, record):
+    if record.levelno >= pylogging.ERROR and '/orbax/' in record.pathname:
+      self.held.append(record)
+      return False
+    return True
+
+  def __enter__(self):
+    pylogging.getLogger('absl').addFilter(self)
+    return self
+
+  def __exit__(self, exc_type, *unused):
+    pylogging.getLogger('absl').removeFilter(self)
+    if exc_type is None:
+      for record in self.held:
+        pylogging.getLogger('absl').handle(record)
 
 
 def _replicated():

@@ -250,11 +250,7 @@ def build_step(config, kind: str, batch_size: int, *,
                                 num_student_steps, num_updates)
   else:
     raise ValueError(f'kind must be teacher or distill, got {kind!r}')
-  p_step = jax.pmap(
-      functools.partial(trainer.train_step, loss_fn=stage.loss_fn,
-                        optimizer=stage.optimizer, ema_decay=stage.ema_decay,
-                        skip_nonfinite=stage.skip_nonfinite),
-      axis_name=trainer.AXIS, donate_argnums=(0,), devices=[device])
+  p_step = trainer.pmapped_step(stage, devices=[device])
   state = TrainState.create(stage.init_params, stage.optimizer, stage.rng)
   args = [flax.jax_utils.replicate(state, [device]),
           flax.jax_utils.replicate(random_batch(config, batch_size), [device]),
@@ -388,7 +384,8 @@ def distillation_cost(config, *, timing: Timing, teacher: Optional[dict] = None,
 
   Estimated time of a stage = its configured number of updates x its
   measured step time; with compile, plus the measured compile time of its
-  step (each round compiles a new step: num_student_steps is baked in).
+  step when the round compiles one: run_stage reuses the compiled step of an
+  earlier round of the same length (num_student_steps is an argument).
   `teacher` is measure_step's result for the teacher step (measured here if
   None); `first_round_result` may hold the first round's, to reuse it.
   """
@@ -401,7 +398,7 @@ def distillation_cost(config, *, timing: Timing, teacher: Optional[dict] = None,
   plan = distill.round_plan(d.start_num_steps, d.end_num_steps,
                             d.steps_per_round, d.last_rounds_multiplier,
                             d.long_rounds_max_steps)
-  rounds = []
+  rounds, compiled_lengths = [], set()
   for i, (n, updates) in enumerate(plan):
     if i == 0 and first_round_result is not None:
       r = first_round_result
@@ -410,9 +407,11 @@ def distillation_cost(config, *, timing: Timing, teacher: Optional[dict] = None,
           config, 'distill', d.batch_size, num_student_steps=n,
           num_updates=updates, teacher_params=teacher_params,
           name=f'distill_round_{n}'), timing)
+    compiles = updates not in compiled_lengths
+    compiled_lengths.add(updates)
     rounds.append({'num_student_steps': n, 'num_updates': updates,
-                   'step_s': r['step_s'],
-                   'compile_s': r['lower_s'] + r['compile_s'],
+                   'step_s': r['step_s'], 'compiles': compiles,
+                   'compile_s': (r['lower_s'] + r['compile_s']) * compiles,
                    'steps_s_total': updates * r['step_s']})
   teacher_steps_s = t.num_steps * teacher['step_s']
   teacher_compile_s = teacher['lower_s'] + teacher['compile_s']
@@ -792,7 +791,8 @@ class _Run:
         'measured teacher step time at train.batch_size). '
         'down_to[N].ratio_step_time_only counts steps only; '
         'down_to[N].ratio_including_compile adds each stage\'s measured '
-        'compile time (every round compiles a new step) to both sides. '
+        'compile time to both sides (a round of the same length as an '
+        'earlier one reuses its compiled step, as in run_stage). '
         'value = down_to["1"].ratio_including_compile. Excluded: data '
         'pipeline start-up, checkpoints, sample grids, logging.',
         **r)

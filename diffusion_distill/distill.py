@@ -70,29 +70,42 @@ def load_teacher(config, workdir):
 
   The path is our own workdir/stage/checkpoint directory, or a file released
   with the paper (Flax msgpack). Defaults to this workdir's teacher.
-  The parameter tree must be that of `config.model`.
+  The parameter tree must be that of `config.model`; a teacher of ours must
+  also have config's data set, class conditioning and mean_type. Every
+  failure is a one-line CheckpointError that names the field and the fix
+  (validation.validate_sources calls this before any work).
   """
+  from diffusion_distill import validation  # pylint: disable=g-import-not-at-top
   path = config.distill.teacher_checkpoint or workdir
-  model = models.create_model(config)
-  expected = inference.abstract_params(model, config)
-  what = f'teacher checkpoint {path}'
+  expected = lambda: inference.abstract_params(models.create_model(config),
+                                               config)
+  what = validation.teacher_description(config, workdir)
   p = epath.Path(path)
   if p.is_file():
-    params, num_steps = checkpoints.load_paper_checkpoint(p)
-    checkpoints.check_same_tree(expected, params, what)
+    try:
+      params, num_steps = checkpoints.load_paper_checkpoint(p)
+    except checkpoints.CheckpointError as e:
+      raise validation.unreadable_teacher_error(config, workdir, e) from None
+    validation.check_teacher_tree(expected(), params, config, what)
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
     return params, num_steps
   ckpt_dir = checkpoints.stage_checkpoint_dir(p)
   if ckpt_dir is None:
-    raise checkpoints.CheckpointError(
-        f'{what} not found: give --config.distill.teacher_checkpoint=PATH, a '
-        'workdir of a trained teacher or a checkpoint file of the paper')
-  meta = checkpoints.Checkpointer(ckpt_dir, read_only=True).restore_meta()
+    raise validation.missing_teacher_error(config, workdir)
+  try:
+    meta = checkpoints.Checkpointer(ckpt_dir, read_only=True).restore_meta()
+  except checkpoints.CheckpointError as e:
+    raise validation.unreadable_teacher_error(config, workdir, e) from None
+  validation.check_teacher_meta(meta, config, what)
   saved_config = inference.config_from_meta(meta)
   saved_model = models.create_model(saved_config)
-  checkpoints.check_same_tree(
-      expected, inference.abstract_params(saved_model, saved_config), what)
-  _, _, params, meta = inference.load_model(ckpt_dir)
+  validation.check_teacher_tree(
+      expected(), inference.abstract_params(saved_model, saved_config), config,
+      what, saved_model=saved_config.model)
+  try:
+    _, _, params, meta = inference.load_model(ckpt_dir)
+  except checkpoints.CheckpointError as e:
+    raise validation.unreadable_teacher_error(config, workdir, e) from None
   return params, meta.get('num_sample_steps')
 
 
@@ -103,25 +116,49 @@ def _student_config(config):
   return student
 
 
+# The loss and the optimizer of the rounds, one object per distinct value:
+# the trainer compiles one step per (loss, optimizer) pair, so rounds of the
+# same length share a compiled step (the number of steps is an argument).
+_OBJECTIVES = {}
+_OPTIMIZERS = {}
+
+
+def _round_objective(config):
+  key = (config.model.to_json(), config.schedule.to_json())
+  if key not in _OBJECTIVES:
+    _OBJECTIVES[key] = functools.partial(
+        _distill_objective,
+        model_fn=inference.make_model_fn(models.create_model(config)),
+        mean_type=config.model.mean_type,
+        weighting=config.model.loss_weighting,
+        logsnr_fn=schedules.get_logsnr_fn(config.schedule))
+  return _OBJECTIVES[key]
+
+
+def _round_optimizer(learning_rate, grad_clip, num_updates):
+  """(learning_rate_fn, optimizer): fresh Adam, lr decayed linearly to 0."""
+  key = (learning_rate, grad_clip, num_updates)
+  if key not in _OPTIMIZERS:
+    learning_rate_fn = optax.linear_schedule(learning_rate, 0., num_updates)
+    _OPTIMIZERS[key] = (learning_rate_fn, trainer.make_optimizer(
+        learning_rate_fn, grad_clip=grad_clip))
+  return _OPTIMIZERS[key]
+
+
 def round_stage(config, workdir, teacher_params, num_student_steps,
                 num_updates) -> trainer.Stage:
   """One round: a student for `num_student_steps` steps from its teacher."""
   d = config.distill
   config = _student_config(config)
   model = models.create_model(config)
-  loss_fn = functools.partial(
-      _distill_objective, model_fn=inference.make_model_fn(model),
-      mean_type=config.model.mean_type, weighting=config.model.loss_weighting,
-      logsnr_fn=schedules.get_logsnr_fn(config.schedule),
-      num_student_steps=num_student_steps)
-  learning_rate_fn = optax.linear_schedule(d.learning_rate, 0., num_updates)
+  learning_rate_fn, optimizer = _round_optimizer(d.learning_rate, d.grad_clip,
+                                                 num_updates)
   return trainer.Stage(
       name=f'distill to {num_student_steps} steps',
       workdir=round_dir(workdir, num_student_steps),
       num_steps=num_updates,
-      loss_fn=loss_fn,
-      optimizer=trainer.make_optimizer(learning_rate_fn,
-                                       grad_clip=d.grad_clip),
+      loss_fn=_round_objective(config),
+      optimizer=optimizer,
       learning_rate_fn=learning_rate_fn,
       ema_decay=0.,
       init_params=teacher_params,
@@ -135,12 +172,14 @@ def round_stage(config, workdir, teacher_params, num_student_steps,
                                 stage_num_steps=num_updates),
       sampler=inference.make_sampler(config, model, None),
       grid_num_steps=num_student_steps,
-      extra=(teacher_params,),
+      extra=(teacher_params, np.int32(num_student_steps)),
       **train_lib.trainer_periodic_kwargs(config, sample_every=num_updates))
 
 
-def _distill_objective(params, batch, rng, teacher_params, **kwargs):
-  return losses.distill_loss(params, teacher_params, batch, rng, **kwargs)
+def _distill_objective(params, batch, rng, teacher_params, num_student_steps,
+                       **kwargs):
+  return losses.distill_loss(params, teacher_params, batch, rng,
+                             num_student_steps=num_student_steps, **kwargs)
 
 
 def distill(config, workdir, step_hook=None):

@@ -57,7 +57,8 @@ def distill_loss(params, teacher_params, batch, rng, *, model_fn, mean_type,
                  weighting, logsnr_fn, num_student_steps):
   """Algorithm 2: the student learns to do in one step what the teacher does in two.
 
-  The student samples in `num_student_steps` steps on the grid t_i = i/N; the
+  The student samples in `num_student_steps` steps on the grid t_i = i/N (an
+  int, or a traced int32: the rounds pass it to one compiled step); the
   teacher runs in eval mode (no dropout, no clipping) and its target is
   computed in float32 with gradients stopped.
   """

@@ -124,6 +124,26 @@ class Stage:
   step_hook: Optional[Callable[[int], None]] = None
 
 
+_P_STEPS = {}
+
+
+def pmapped_step(stage: Stage, devices=None):
+  """The stage's train_step, pmapped over `devices` (default: all local).
+
+  One pmapped function per (loss, optimizer, ...) pair, so stages that share
+  them (distillation rounds of the same length) share its compiled program.
+  """
+  key = (stage.loss_fn, stage.optimizer, stage.ema_decay,
+         stage.skip_nonfinite, None if devices is None else tuple(devices))
+  if key not in _P_STEPS:
+    _P_STEPS[key] = jax.pmap(
+        functools.partial(train_step, loss_fn=stage.loss_fn,
+                          optimizer=stage.optimizer, ema_decay=stage.ema_decay,
+                          skip_nonfinite=stage.skip_nonfinite),
+        axis_name=AXIS, donate_argnums=(0,), devices=devices)
+  return _P_STEPS[key]
+
+
 def _first_local(x):
   """This process's copy of a pmapped value (x[0] would read device 0, which
   lives on process 0 only: other processes would wait for it forever)."""
@@ -164,11 +184,7 @@ def run_stage(stage: Stage):
 
   writer = metric_writers.create_default_writer(
       stage.workdir, just_logging=jax.process_index() > 0)
-  p_step = jax.pmap(
-      functools.partial(train_step, loss_fn=stage.loss_fn,
-                        optimizer=stage.optimizer, ema_decay=stage.ema_decay,
-                        skip_nonfinite=stage.skip_nonfinite),
-      axis_name=AXIS, donate_argnums=(0,))
+  p_step = pmapped_step(stage)
   state_r = flax.jax_utils.replicate(state)
   extra_r = flax.jax_utils.replicate(stage.extra)
   batches = flax.jax_utils.prefetch_to_device(stage.make_iterator(start), 2)

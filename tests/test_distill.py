@@ -12,7 +12,7 @@ import pytest
 
 from diffusion_distill import checkpoints, diffusion, distill, inference
 from diffusion_distill import load_sampler, losses, models, schedules
-from diffusion_distill import validation
+from diffusion_distill import trainer, validation
 from tests import gaussian, tiny
 
 
@@ -250,3 +250,16 @@ def test_evaluation_stage_table_and_plot(digits_dir, teacher_file,
   with open(os.path.join(eval_dir, 'results.json')) as f:
     saved = json.load(f)
   assert evaluate.evaluate(config, workdir) == saved
+
+
+def test_rounds_of_one_length_share_one_compiled_step(digits_dir):
+  """num_student_steps is an argument of the step, not baked into it: the
+  rounds of one length get the same pmapped function (so one compile)."""
+  config = _distill_config(digits_dir, None)
+  params = {'w': np.zeros(2, np.float32)}
+  stages = {n: distill.round_stage(config, '/unused', params, n, updates)
+            for n, updates in ((4, 10), (2, 10), (1, 20))}
+  step = trainer.pmapped_step(stages[4])
+  assert trainer.pmapped_step(stages[2]) is step
+  assert trainer.pmapped_step(stages[1]) is not step  # its lr decays over 20
+  assert [int(s.extra[1]) for s in stages.values()] == [4, 2, 1]

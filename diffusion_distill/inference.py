@@ -239,6 +239,49 @@ def _latest_model_dir(workdir):
   return checkpoints.stage_checkpoint_dir(workdir)
 
 
+class StepCountError(ValueError):
+  """No model of a workdir samples in the number of steps asked for."""
+
+
+def select_model_dir(workdir, num_steps=None):
+  """(checkpoint_dir, note) of the model of `workdir` to sample in `num_steps`.
+
+  Without `num_steps`: the latest model (load_sampler's). With it: the
+  student distilled for exactly `num_steps` steps, else the continuous-time
+  teacher, which samples in any number of steps (`note` then says why it was
+  chosen). A student is never run at another step count than its own: that
+  raises StepCountError, one line listing the counts there are.
+  Reads checkpoint metadata only.
+  """
+  from diffusion_distill import checkpoints, distill  # pylint: disable=g-import-not-at-top
+  if num_steps is None:
+    return _latest_model_dir(workdir), None
+  students = distill.finished_students(workdir)
+  for n, d in students:
+    if n == num_steps:
+      return d, None
+  counts = ', '.join(str(n) for n, _ in students)
+  teacher = checkpoints.stage_checkpoint_dir(workdir)
+  teacher = teacher and os.fspath(teacher)
+  own = None
+  if teacher is not None:
+    own = checkpoints.Checkpointer(teacher, read_only=True).restore_meta().get(
+        'num_sample_steps')
+    if own is None:
+      return teacher, (
+          f'no student in {workdir} was distilled for {num_steps} steps '
+          f'(students: {counts})' if students else None)
+    if own == num_steps:
+      return teacher, None
+    counts = counts or str(own)
+  if not counts:
+    return None, None  # No model at all: load_sampler's error.
+  raise StepCountError(
+      f'--num_steps={num_steps} does not fit {workdir}: its models were '
+      f'distilled for {counts} sampling steps and a distilled model samples '
+      'only in its own count; use one of those, or leave --num_steps out')
+
+
 def load_sampler(workdir, clip_x=True):
   """A Sampler for the latest model of a workdir (the final student if any)."""
   from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top

@@ -84,6 +84,9 @@ def train_and_evaluate(config, workdir):
   if 'eval' in config.stages:
     evaluate.make_metric(config)  # Missing Inception weights stop us here.
   input_pipeline.check_data_available(config)
+  # The teacher and the models to evaluate: missing, unreadable or of
+  # another data set or architecture stops here, before any work.
+  validation.validate_sources(config, workdir)
   if jax.process_index() == 0:
     tf.io.gfile.makedirs(workdir)
     checkpoints.write_atomically(os.path.join(workdir, 'config.json'),

@@ -57,6 +57,21 @@ BAD_CONFIGS = [
     ({'stages': ('teacher', 'distill'), 'model.mean_type': 'eps'},
      'config.model.mean_type', "'eps'"),
     ({'stages': ('teacher', 'distil')}, 'config.stages', "'distil'"),
+    ({'stages': ('distill', 'eval'), 'eval.student_samplers': ('bogus',)},
+     'config.eval.student_samplers', "'bogus'"),
+    ({'dataset.name': 'lsun_church128', 'dataset.class_conditional': True},
+     'config.dataset.class_conditional', 'True'),
+    ({'model.dtype': 'float16'}, 'config.model.dtype', "'float16'"),
+    ({'schedule.name': 'linear'}, 'config.schedule.name', "'linear'"),
+    ({'stages': ('distill',), 'distill.start_num_steps': 1,
+      'distill.end_num_steps': 8}, 'config.distill.start_num_steps', '1'),
+    ({'stages': ('distill',), 'distill.steps_per_round': 0},
+     'config.distill.steps_per_round', '0'),
+    ({'train.warmup_steps': -1}, 'config.train.warmup_steps', '-1'),
+    ({'stages': ('teacher', 'eval'), 'eval.batch_size': 6},
+     'config.eval.batch_size', '6'),
+    ({'stages': ('teacher', 'eval'), 'eval.sample_steps': (4, 0)},
+     'config.eval.sample_steps', '0'),
 ]
 
 
@@ -108,6 +123,243 @@ def test_workdir_under_a_file_is_a_config_error(digits_dir, tmp_path):
   # A new directory under a writable one is fine, and is not created yet.
   validation.validate_workdir(str(tmp_path / 'new' / 'wd'))
   assert sorted(os.listdir(tmp_path)) == ['notes.txt']
+
+
+def test_workdir_not_writable_is_a_config_error(tmp_path, monkeypatch):
+  """As root, chmod cannot make a directory unwritable: fail the probe."""
+
+  def refuse(*args, **kwargs):
+    del args, kwargs
+    raise PermissionError(13, 'Permission denied')
+
+  monkeypatch.setattr(validation.tempfile, 'TemporaryFile', refuse)
+  workdir = str(tmp_path / 'wd')
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_workdir(workdir)
+  message = str(e.value)
+  assert '\n' not in message and f'--workdir={workdir}' in message, message
+  assert 'not writable (Permission denied)' in message
+  assert 'choose another --workdir' in message
+
+
+def _one_line(error, *parts):
+  message = str(error.value)
+  assert '\n' not in message, message
+  for part in parts:
+    assert part in message, message
+  return message
+
+
+def _teacher_config(path, **overrides):
+  return _config(None, **{'stages': ('distill',),
+                          'distill.teacher_checkpoint': path, **overrides})
+
+
+def _write_paper_file(path, config, num_sample_steps=None):
+  """Zero parameters of `config`'s U-Net in the paper's msgpack layout."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  from diffusion_distill import models  # pylint: disable=g-import-not-at-top
+  shapes = inference.abstract_params(models.create_model(config), config)
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  state = {'step': np.int64(1), 'ema_params': params}
+  if num_sample_steps is not None:
+    state['num_sample_steps'] = np.int64(num_sample_steps)
+  data = flax.serialization.msgpack_serialize(state)
+  with open(path, 'wb') as f:
+    f.write(data)
+  return data
+
+
+@pytest.mark.parametrize('kind', ['missing', 'empty_dir', 'other_dir',
+                                  'garbage', 'truncated', 'empty_file'])
+def test_unusable_teacher_checkpoint_is_one_line(kind, tmp_path):
+  path = str(tmp_path / 'teacher')
+  fix = 'give the workdir of a trained teacher'
+  if kind == 'missing':
+    expect = 'does not exist'
+  elif kind in ('empty_dir', 'other_dir'):
+    os.mkdir(path)
+    if kind == 'other_dir':
+      (tmp_path / 'teacher' / 'notes.txt').write_text('no checkpoint')
+    expect = 'holds no checkpoint'
+  else:
+    if kind == 'garbage':
+      data = bytes(range(256)) * 4
+    else:
+      data = _write_paper_file(path, _config(None))
+      data = data[:len(data) // 2] if kind == 'truncated' else b''
+    with open(path, 'wb') as f:
+      f.write(data)
+    expect = 'cannot be read'
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    validation.validate_sources(_teacher_config(path), str(tmp_path / 'wd'))
+  _one_line(e, f'config.distill.teacher_checkpoint={path!r}', expect, fix)
+  assert not os.path.exists(tmp_path / 'wd')
+
+
+def test_no_teacher_in_the_workdir_is_one_line(tmp_path):
+  workdir = str(tmp_path / 'wd')
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    validation.validate_sources(_teacher_config(None), workdir)
+  _one_line(e, f'no teacher checkpoint in --workdir={workdir}',
+            "add 'teacher' to config.stages",
+            '--config.distill.teacher_checkpoint=PATH')
+
+
+@pytest.mark.parametrize('teacher_conditional', [True, False])
+def test_teacher_file_of_another_class_count_is_named(teacher_conditional,
+                                                      tmp_path):
+  path = str(tmp_path / 'teacher.msgpack')
+  _write_paper_file(path, _config(None, **{
+      'dataset.class_conditional': teacher_conditional}))
+  config = _teacher_config(
+      path, **{'dataset.class_conditional': not teacher_conditional})
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    validation.validate_sources(config, str(tmp_path / 'wd'))
+  if teacher_conditional:
+    _one_line(e, 'is class-conditional with 10 classes',
+              'class_emb/kernel (10, 32)', 'gives 1 class:',
+              'set --config.dataset.class_conditional=True')
+  else:
+    _one_line(e, 'is unconditional', 'gives 10 classes',
+              'set --config.dataset.class_conditional=False')
+
+
+def test_teacher_steps_must_halve_down_to_end_num_steps(tmp_path):
+  """A distilled teacher file sets where the rounds start, not the config."""
+  path = str(tmp_path / 'teacher_8_steps')
+  _write_paper_file(path, _config(None), num_sample_steps=8)
+  config = _teacher_config(path, **{'distill.start_num_steps': 12,
+                                    'distill.end_num_steps': 3})
+  validation.validate_config(config)
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_sources(config, str(tmp_path / 'wd'))
+  _one_line(e, 'config.distill.end_num_steps=3', 'samples in 8 steps')
+
+
+@pytest.mark.parametrize('override,parts', [
+    ({'dataset.class_conditional': True},
+     ('dataset.class_conditional=False but config.dataset.'
+      'class_conditional=True', '--config.dataset.class_conditional=False')),
+    ({'model.mean_type': 'v'},
+     ("predicts model.mean_type='x' but config.model.mean_type='v'",
+      '--config.model.mean_type=x')),
+    ({'model.ch': 16},
+     ('parameter conv_in/bias has shape (32,) but config.model gives (16,)',
+      'the teacher has model.ch=32',
+      'set --config.model.ch=32')),
+], ids=['class_conditional', 'mean_type', 'ch'])
+def test_teacher_of_ours_trained_otherwise_is_named(finished_teacher,
+                                                    tmp_path, override,
+                                                    parts):
+  _, teacher_workdir, _ = finished_teacher
+  config = _teacher_config(teacher_workdir, **override)
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    validation.validate_sources(config, str(tmp_path / 'wd'))
+  _one_line(e, f'config.distill.teacher_checkpoint={teacher_workdir!r}',
+            *parts)
+
+
+def test_teacher_stage_with_a_teacher_elsewhere_is_refused(finished_teacher,
+                                                           tmp_path):
+  _, teacher_workdir, _ = finished_teacher
+  config = _teacher_config(teacher_workdir, stages=('teacher', 'distill'))
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_sources(config, str(tmp_path / 'wd'))
+  _one_line(e, 'config.distill.teacher_checkpoint=', 'would be ignored')
+  # Its own workdir's teacher is what the stage trains: fine.
+  validation.validate_sources(config, teacher_workdir)
+
+
+def _fake_checkpoint(ckpt_dir, num_sample_steps, stage):
+  """A checkpoint with a meta of ours and a dummy state: enough to select."""
+  ckpt = checkpoints.Checkpointer(ckpt_dir)
+  ckpt.save(1, {'x': np.zeros(1, np.float32)}, {
+      'stage': stage, 'num_sample_steps': num_sample_steps,
+      'stage_num_steps': 1,
+      'dataset': {'name': 'digits', 'class_conditional': False}})
+  ckpt.close()
+
+
+@pytest.fixture(scope='module')
+def fake_distilled(tmp_path_factory):
+  """A workdir with a teacher and students for 4 and 2 steps (metadata)."""
+  from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('fake'))
+  _fake_checkpoint(_ckpt_dir(workdir), None, 'teacher')
+  for n in (4, 2):
+    _fake_checkpoint(os.path.join(distill.round_dir(workdir, n),
+                                  'checkpoints'), n, 'distill')
+  return workdir
+
+
+def test_sample_steps_pick_the_student_or_the_teacher(fake_distilled,
+                                                      tmp_path):
+  """sample.py --num_steps: a student only ever at its own step count."""
+  from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
+  workdir = fake_distilled
+  student = lambda n: os.path.join(distill.round_dir(workdir, n),
+                                    'checkpoints')
+  assert inference.select_model_dir(workdir) == (student(2), None)
+  assert inference.select_model_dir(workdir, 4) == (student(4), None)
+  chosen, note = inference.select_model_dir(workdir, 3)
+  assert chosen == _ckpt_dir(workdir)
+  assert 'for 3 steps' in note and 'students: 4, 2' in note
+  # Without a teacher, only the students' own counts are meaningful.
+  no_teacher = _copy(workdir, tmp_path)
+  shutil.rmtree(os.path.join(no_teacher, 'teacher'))
+  with pytest.raises(inference.StepCountError) as e:
+    inference.select_model_dir(no_teacher, 3)
+  _one_line(e, '--num_steps=3', 'distilled for 4, 2 sampling steps')
+  # A student's own directory given as the workdir.
+  with pytest.raises(inference.StepCountError) as e:
+    inference.select_model_dir(distill.round_dir(workdir, 4), 2)
+  _one_line(e, '--num_steps=2', 'distilled for 4 sampling steps')
+
+
+def test_evaluation_needs_models_of_its_data_set(fake_distilled, tmp_path):
+  from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
+  empty = str(tmp_path / 'empty')
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    validation.validate_sources(_config(None, stages=('eval',)), empty)
+  _one_line(e, 'nothing to evaluate', f'--workdir={empty}')
+  # The workdir's teacher and students are of another data set.
+  config = _config(None, stages=('eval',),
+                   **{'dataset.name': 'cifar10'})
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    validation.validate_sources(config, fake_distilled)
+  _one_line(e, "dataset.name='digits' but config.dataset.name='cifar10'",
+            '--config.dataset.name=digits')
+  # A student as the "teacher" would be swept over other step counts.
+  config = _config(None, stages=('eval',), **{
+      'distill.teacher_checkpoint': distill.round_dir(fake_distilled, 4),
+      'eval.sample_steps': (1, 4, 16)})
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_sources(config, str(tmp_path / 'wd'))
+  _one_line(e, 'config.eval.sample_steps=(1, 4, 16)',
+            'distilled for 4 sampling steps', '--config.eval.sample_steps')
+  config.eval.sample_steps = (4,)
+  validation.validate_sources(config, str(tmp_path / 'wd'))
+
+
+def test_no_pickle_in_any_load_path():
+  """Checkpoints load through Orbax (JSON + tensorstore) and Flax msgpack,
+  arrays through np.load with allow_pickle=False: nothing unpickles."""
+  import re  # pylint: disable=g-import-not-at-top
+  sources = [os.path.join(REPO, f) for f in ('main.py', 'sample.py')]
+  for top in ('diffusion_distill', 'scripts', 'benchmarks'):
+    for d, _, files in os.walk(os.path.join(REPO, top)):
+      sources += [os.path.join(d, f) for f in files if f.endswith('.py')]
+  loads = 0
+  for path in sources:
+    with open(path) as f:
+      text = f.read()
+    assert not re.search(r'^\s*(import|from) (cloud)?pickle', text, re.M), path
+    assert 'allow_pickle=True' not in text and 'pickle.load' not in text, path
+    for call in re.findall(r'np\.load\(([^)]*)\)', text):
+      assert 'allow_pickle=False' in call, (path, call)
+      loads += 1
+  assert loads >= 3
 
 
 def test_nan_in_the_images_is_a_clear_error(digits_dir, monkeypatch):

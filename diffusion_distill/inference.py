@@ -81,12 +81,20 @@ class Sampler:
     self.default_num_steps = default_num_steps
     self.clip_x = clip_x
     self.config = config
+    self._device_params = None
 
   def with_params(self, params):
     """The same sampler for other parameters of the same model."""
     new = copy.copy(self)
     new.params = params
+    new._device_params = None  # pylint: disable=protected-access
     return new
+
+  def _params_on_device(self):
+    """The parameters on the default device, copied there once (not per call)."""
+    if self._device_params is None:
+      self._device_params = jax.device_put(self.params)
+    return self._device_params
 
   def _noise_and_labels(self, rng, num_samples, labels):
     rng_z, rng_y = jax.random.split(rng)
@@ -117,7 +125,8 @@ class Sampler:
     rng_noise, rng_sampler = jax.random.split(rng)
     z, labels = self._noise_and_labels(rng_noise, num_samples, labels)
     fn = self._fn(method, parallel=False)
-    return np.asarray(fn(self.params, z, labels, jnp.int32(num_steps),
+    return np.asarray(fn(self._params_on_device(), z, labels,
+                         jnp.int32(num_steps),
                          rng_sampler, jnp.float32(noise_interp)))
 
   def sample_batches(self, rng, num_samples, batch_size, num_steps=None,

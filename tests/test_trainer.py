@@ -190,3 +190,17 @@ def test_missing_inception_weights_stop_before_any_work(tmp_path):
   assert last.startswith('error: ') and 'convert_inception_weights.py' in last
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
+
+
+def test_sampler_copies_parameters_to_the_device_once(tiny_model):
+  config, model, params = tiny_model
+  sampler = inference.make_sampler(config, model, params)
+  rng = jax.random.PRNGKey(0)
+  first = sampler.sample(rng, 2, num_steps=2)
+  on_device = sampler._params_on_device()  # pylint: disable=protected-access
+  np.testing.assert_array_equal(sampler.sample(rng, 2, num_steps=2), first)
+  assert sampler._params_on_device() is on_device  # pylint: disable=protected-access
+  assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(on_device))
+  other = sampler.with_params(jax.tree.map(lambda x: x + 0.05, params))
+  assert other._params_on_device() is not on_device  # pylint: disable=protected-access
+  assert not np.array_equal(other.sample(rng, 2, num_steps=2), first)

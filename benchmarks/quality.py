@@ -323,18 +323,25 @@ def run(workdir: str, out: str, plot: str, md: str, *,
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Workdir of the configs/digits_quality.py '
-                    'run (its eval/results.json is read).')
-flags.DEFINE_string('out', os.path.join(RESULTS_DIR, 'quality_digits.json'),
-                    'Output JSON (the rows).')
-flags.DEFINE_string('plot', os.path.join(RESULTS_DIR, 'quality_digits.png'),
-                    'Output plot.')
-flags.DEFINE_string('md', os.path.join(RESULTS_DIR, 'quality_digits.md'),
-                    'Output markdown table.')
-flags.DEFINE_boolean('allow_fewer_seeds', False,
-                     f'Summarize even with fewer than {MIN_SEEDS} seeds per row.')
-flags.DEFINE_string('config_name', 'configs/digits_quality.py',
-                    'Config that produced the workdir (for the .md header).')
+
+
+def define_flags():
+  """Defined when run as a script only: importing this module (as the tests
+  do, next to main.py's --workdir) defines no flags."""
+  flags.DEFINE_string('workdir', None, 'Workdir of the '
+                      'configs/digits_quality.py run (its eval/results.json '
+                      'is read).')
+  flags.DEFINE_string('out', os.path.join(RESULTS_DIR, 'quality_digits.json'),
+                      'Output JSON (the rows).')
+  flags.DEFINE_string('plot', os.path.join(RESULTS_DIR, 'quality_digits.png'),
+                      'Output plot.')
+  flags.DEFINE_string('md', os.path.join(RESULTS_DIR, 'quality_digits.md'),
+                      'Output markdown table.')
+  flags.DEFINE_boolean('allow_fewer_seeds', False,
+                       f'Summarize even with fewer than {MIN_SEEDS} seeds per '
+                       'row.')
+  flags.DEFINE_string('config_name', 'configs/digits_quality.py',
+                      'Config that produced the workdir (for the .md header).')
 
 
 def main(argv):
@@ -358,4 +365,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

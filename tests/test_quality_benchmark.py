@@ -218,3 +218,10 @@ def test_script_fewer_seeds_fails_with_one_line(tmp_path):
   proc = _script(args + ['--allow_fewer_seeds'], module=True)
   assert proc.returncode == 0, proc.stderr
   assert os.path.exists(tmp_path / 'q.json')
+
+
+def test_importing_defines_no_flags():
+  """main.py defines --workdir too; tests import both in one process."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  assert flags.FLAGS.find_module_defining_flag('workdir') != quality.__name__
+  assert flags.FLAGS.find_module_defining_flag('out') != quality.__name__

@@ -135,30 +135,10 @@ fi
 [[ -f $template ]] || usage_error "no job template at $template"
 job_json=${job_json:-${TMPDIR:-/tmp}/$name.batch.json}
 
-((${#main_args[@]})) || usage_error "main.py arguments are required after --, e.g. -- --config=... --workdir=gs://..."
-workdir=''
-for ((i = 0; i < ${#main_args[@]}; i++)); do
-  case ${main_args[i]} in
-    --workdir=* | -workdir=*) workdir=${main_args[i]#*=} ;;
-    --workdir | -workdir) workdir=${main_args[i + 1]:-} ;;
-  esac
-done
-[[ -n $workdir ]] || usage_error "main.py arguments need --workdir=gs://..."
-[[ $workdir == gs://?* ]] ||
-  usage_error "--workdir must be a gs:// path (a retried task may run on another VM), got: $workdir"
+require_gs_workdir "a retried task may run on another VM" "${main_args[@]}"
 
 if [[ -z $code_dir ]]; then
-  if [[ -z $repo ]]; then
-    repo=$(git -C "$REPO_ROOT" remote get-url origin 2>/dev/null) ||
-      usage_error "--repo=URL is required: this checkout has no 'origin' remote"
-  fi
-  if [[ -z $ref ]]; then
-    ref=$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null) ||
-      usage_error "--ref=REF is required: cannot read this checkout's HEAD"
-    if [[ -z $(git -C "$REPO_ROOT" branch -r --contains HEAD 2>/dev/null) ]]; then
-      echo "warning: HEAD ($ref) is on no remote branch: push it, or the job cannot fetch it" >&2
-    fi
-  fi
+  default_repo_and_ref "the job"
 fi
 
 # The task: runs on the VM (script job) or in the container (--image).

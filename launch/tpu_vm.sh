@@ -193,31 +193,12 @@ if [[ -n $tfds_data_dir && $tfds_data_dir != gs://?* ]]; then
   usage_error "--tfds_data_dir must be a gs:// path (the workers read it), got: $tfds_data_dir"
 fi
 
-((${#main_args[@]})) || usage_error "main.py arguments are required after --, e.g. -- --config=... --workdir=gs://..."
-workdir=''
-for ((i = 0; i < ${#main_args[@]}; i++)); do
-  case ${main_args[i]} in
-    --workdir=* | -workdir=*) workdir=${main_args[i]#*=} ;;
-    --workdir | -workdir) workdir=${main_args[i + 1]:-} ;;
-  esac
-done
-[[ -n $workdir ]] || usage_error "main.py arguments need --workdir=gs://..."
-[[ $workdir == gs://?* ]] ||
-  usage_error "--workdir must be a gs:// path (all workers write it; a preempted VM loses its disk), got: $workdir"
+require_gs_workdir "all workers write it; a preempted VM loses its disk" "${main_args[@]}"
 
-if [[ -z $repo ]]; then
-  repo=$(git -C "$REPO_ROOT" remote get-url origin 2>/dev/null) ||
-    usage_error "--repo=URL is required: this checkout has no 'origin' remote"
-fi
-if [[ -z $ref ]]; then
-  ref=$(git -C "$REPO_ROOT" rev-parse HEAD 2>/dev/null) ||
-    usage_error "--ref=REF is required: cannot read this checkout's HEAD"
-  if [[ -z $(git -C "$REPO_ROOT" branch -r --contains HEAD 2>/dev/null) ]]; then
-    echo "warning: HEAD ($ref) is on no remote branch: push it, or the workers cannot fetch it" >&2
-  fi
-  if [[ -n $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
-    echo "warning: uncommitted changes in $REPO_ROOT are not sent to the workers" >&2
-  fi
+ref_given=$ref
+default_repo_and_ref "the workers"
+if [[ -z $ref_given && -n $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+  echo "warning: uncommitted changes in $REPO_ROOT are not sent to the workers" >&2
 fi
 
 # Remote scripts: values go in through quoted assignments (or `set --` for

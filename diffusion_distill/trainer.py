@@ -198,7 +198,7 @@ def run_stage(stage: Stage):
     pending.append(metrics)
     report(step)
     if itstime(step, stage.log_every_steps, stage.num_steps):
-      host = [_unreplicate(m) for m in pending]
+      host = _unreplicate(pending)  # One transfer for all pending steps.
       scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       scalars['nonfinite_updates'] *= len(host)
       scalars['learning_rate'] = float(stage.learning_rate_fn(step - 1))

@@ -96,6 +96,7 @@ class Checkpointer:
       # Tensorstore reports write failures as ValueError, Orbax's own writes
       # as OSError, its background threads' as RuntimeError.
       self._discard_failed_save(step)
+      _FailedWriteEchoes.install(self.directory)
       kept = (f'the checkpoint at step {previous} is intact'
               if previous is not None else 'no earlier checkpoint exists')
       raise CheckpointError(
@@ -272,6 +273,38 @@ class _OrbaxErrorsHeld:
     if exc_type is None:
       for record in self.held:
         pylogging.getLogger('absl').handle(record)
+
+
+class _FailedWriteEchoes(pylogging.Filter):
+  """Drops asyncio's late reports of the writes of a save we reported failed.
+
+  When one of Orbax's parallel writes fails, the others' exceptions are
+  never awaited; asyncio logs each, with a traceback, whenever the task is
+  garbage-collected (often at exit, after our one-line error). Only those
+  "exception was never retrieved" records that name a directory whose save
+  raised CheckpointError are dropped; any other asyncio error still shows.
+  """
+
+  _instance = None
+
+  def __init__(self):
+    super().__init__()
+    self.directories = set()
+
+  @classmethod
+  def install(cls, directory):
+    if cls._instance is None:
+      cls._instance = cls()
+      pylogging.getLogger('asyncio').addFilter(cls._instance)
+    cls._instance.directories.add(os.fspath(directory))
+
+  def filter(self, record):
+    if 'exception was never retrieved' not in str(record.msg):
+      return True
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    return not any(d in text for d in self.directories)
 
 
 def _replicated():

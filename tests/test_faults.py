@@ -10,7 +10,9 @@ SIGKILL at the point named by $DD_FAULT. They share a JAX compilation cache
 (per test session) so that only the uninterrupted reference run compiles.
 """
 
+import asyncio
 import errno
+import gc
 import logging
 import os
 import random
@@ -271,21 +273,37 @@ class _FileSizeLimit:
 
 
 class _Errors(logging.Handler):
-  """What absl logs at ERROR while attached."""
+  """What `logger` (absl's by default, '' for all) logs at ERROR while attached."""
 
-  def __init__(self):
+  def __init__(self, logger='absl'):
     super().__init__(logging.ERROR)
+    self.logger = logging.getLogger(logger)
     self.records = []
 
   def emit(self, record):
     self.records.append(record)
 
   def __enter__(self):
-    logging.getLogger('absl').addHandler(self)
+    self.logger.addHandler(self)
     return self
 
   def __exit__(self, *exc):
-    logging.getLogger('absl').removeHandler(self)
+    self.logger.removeHandler(self)
+
+
+def _orphan_failed_task(message):
+  """A task that failed and was never awaited, then collected: asyncio logs it."""
+
+  async def fail():
+    raise ValueError(message)
+
+  loop = asyncio.new_event_loop()
+  task = loop.create_task(fail())
+  loop.run_until_complete(asyncio.sleep(0))
+  assert task.done()
+  loop.close()
+  del task
+  gc.collect()
 
 
 def test_full_disk_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
@@ -306,6 +324,17 @@ def test_full_disk_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
   assert 'the checkpoint at step 1 is intact' in message, message
   # Orbax's own error logs (with tracebacks) are held back: one line only.
   assert not errors.records, [r.getMessage() for r in errors.records]
+
+  # The parallel writes that failed too are reported by asyncio only when
+  # their tasks are collected, often at exit: those naming this directory
+  # are dropped, any other unretrieved exception still shows.
+  with _Errors('') as late:
+    _orphan_failed_task(f'Error writing "w/0" in {directory}/2.tmp: '
+                        'File too large')
+    assert not late.records, [r.getMessage() for r in late.records]
+    _orphan_failed_task('an unrelated failure')
+    assert [r.exc_info[1].args for r in late.records] == [
+        ('an unrelated failure',)]
 
   # Step 1 is still the latest, nothing of step 2 is left (not even Orbax's
   # temporary directory), and it restores as saved.

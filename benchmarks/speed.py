@@ -22,7 +22,7 @@ Sections (`--what`, comma-separated; default all of them):
                  Goal: CIFAR-10 step FLOP/s >= 0.5 x matmul FLOP/s.
   sampling       time of an N-step DDIM `inference.Sampler.sample` divided
                  by N x the time of one jitted network evaluation on the same
-                 batch. Goal: <= 1.05.
+                 batch, their repeats taken in turn. Goal: <= 1.05.
   pipeline       images/s of input_pipeline.create_train_iterator (digits)
                  divided by the images/s the digits teacher step consumes.
                  Goal: >= 10.
@@ -117,6 +117,36 @@ def time_calls(call: Callable[[], Any], timing: Timing) -> dict:
   return {'median_s': statistics.median(per_call), 'min_s': min(per_call),
           'repeats_s': per_call, 'calls_per_repeat': k,
           'repeats': len(per_call)}
+
+
+def time_interleaved(calls: dict, timing: Timing) -> dict:
+  """`time_calls` for several calls at once, their repeats taken in turn.
+
+  Repeat r of every call runs before repeat r + 1 of any, so a machine that
+  slows down or speeds up during the measurement affects all calls alike
+  and the ratio of their repeat-r times cancels it.
+  """
+  k = {}
+  for name, call in calls.items():
+    for _ in range(timing.warmup):
+      jax.block_until_ready(call())
+    t0 = time.perf_counter()
+    jax.block_until_ready(call())
+    k[name] = max(1, math.ceil(timing.min_repeat_s /
+                               max(time.perf_counter() - t0, 1e-9)))
+  per_call = {name: [] for name in calls}
+  for _ in range(max(1, timing.repeats)):
+    for name, call in calls.items():
+      t0 = time.perf_counter()
+      out = None
+      for _ in range(k[name]):
+        out = call()
+      jax.block_until_ready(out)
+      per_call[name].append((time.perf_counter() - t0) / k[name])
+  return {name: {'median_s': statistics.median(t), 'min_s': min(t),
+                 'repeats_s': t, 'calls_per_repeat': k[name],
+                 'repeats': len(t)}
+          for name, t in per_call.items()}
 
 
 @contextlib.contextmanager
@@ -306,10 +336,11 @@ def sampling_overhead(config, *, batch_size: int, num_steps: Sequence[int],
   """Sampler.sample (DDIM) time over N x one network evaluation's time.
 
   The network evaluation is the jitted eval-mode model apply on the same
-  batch with its parameters on the device. The sampler is timed twice: with
-  host (NumPy) parameters, as init_params / load_model hand them out, which
-  every call passes to the compiled sampler again, and with parameters
-  placed on the device once.
+  batch with its parameters on the device; its repeats alternate with the
+  sampler's (`time_interleaved`), and the ratio is the median of the
+  repeat-by-repeat ratios. The sampler is timed twice: built from host
+  (NumPy) parameters, as init_params / load_model hand them out, and from
+  parameters already on the device.
   """
   model = models.create_model(config)
   if params is None:
@@ -323,20 +354,29 @@ def sampling_overhead(config, *, batch_size: int, num_steps: Sequence[int],
             if sampler.num_classes > 1 else None)
   device_params = jax.device_put(params)
   apply = jax.jit(lambda p, z, l, y: model_fn(p, z, l, y, False, None))
-  t_eval = time_calls(lambda: apply(device_params, z, logsnr, labels), timing)
+  evaluate = lambda: apply(device_params, z, logsnr, labels)
+  t_eval = time_calls(evaluate, timing)
   out = {'batch_size': batch_size, 'network_eval': t_eval, 'per_num_steps': {}}
   variants = {'host_params': sampler,
               'device_params': sampler.with_params(device_params)}
   for variant, s in variants.items():
-    rows, times = {}, []
+    rows, times, evals = {}, [], []
     for n in num_steps:
-      t = time_calls(functools.partial(s.sample, rng, batch_size, num_steps=n),
-                     timing)
-      ratio = t['median_s'] / (n * t_eval['median_s'])
-      rows[str(n)] = {'num_steps': n, 'time': t, 'sample_s': t['median_s'],
-                      'ratio': ratio,
-                      'ratio_best': t['min_s'] / (n * t_eval['min_s'])}
-      times.append(t['median_s'])
+      # The sampler's repeats alternate with the network evaluation's; the
+      # ratio is the median of the repeat-by-repeat ratios.
+      t = time_interleaved(
+          {'sample': functools.partial(s.sample, rng, batch_size,
+                                       num_steps=n),
+           'network_eval': evaluate}, timing)
+      ts, te = t['sample'], t['network_eval']
+      ratios = [a / (n * b) for a, b in zip(ts['repeats_s'], te['repeats_s'])]
+      rows[str(n)] = {'num_steps': n, 'time': ts, 'network_eval': te,
+                      'sample_s': ts['median_s'],
+                      'ratio': statistics.median(ratios),
+                      'ratio_repeats': ratios,
+                      'ratio_best': ts['min_s'] / (n * te['min_s'])}
+      times.append(ts['median_s'])
+      evals.append(te['median_s'])
     entry = {'per_num_steps': rows,
              'worst_ratio': max(r['ratio'] for r in rows.values())}
     if len(num_steps) >= 2:
@@ -344,7 +384,7 @@ def sampling_overhead(config, *, batch_size: int, num_steps: Sequence[int],
                                     np.asarray(times), 1)
       entry['fit_seconds_per_step'] = float(slope)
       entry['fit_fixed_seconds'] = float(intercept)
-      entry['fit_per_step_ratio'] = float(slope) / t_eval['median_s']
+      entry['fit_per_step_ratio'] = float(slope) / statistics.median(evals)
     out[variant] = entry
   out['per_num_steps'] = out['host_params']['per_num_steps']
   return out
@@ -750,7 +790,9 @@ class _Run:
         'Sampler.sample(rng, B, num_steps=N) (DDIM, digits teacher model, '
         'one device, returns host uint8) time / (N x time of the jitted '
         'eval-mode model apply on the same batch with device-resident '
-        'parameters). value = the worst ratio over N with the host '
+        'parameters), timed in alternating repeats; ratio = the median of '
+        'the repeat-by-repeat ratios. value = the worst ratio over N with the '
+        'host '
         'parameters that init_params/load_model return (as users get them); '
         'device_params = the same with parameters placed on the device '
         'first; fit_* = least-squares line time(N) = fixed + N x per_step.',

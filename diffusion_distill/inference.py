@@ -58,6 +58,40 @@ def _compiled_sampler(model, mean_type, logsnr_min, logsnr_max, clip_x, method,
   return jax.jit(run)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_sampler_from_key(model, mean_type, logsnr_min, logsnr_max,
+                               clip_x, method, image_shape, num_classes):
+  """`_compiled_sampler` on one device, drawing its noise and labels inside.
+
+  One dispatch per `Sampler.sample` call: with few steps, drawing the noise
+  with separate eager ops costs a noticeable part of a network evaluation.
+  """
+  run = _compiled_sampler(model, mean_type, logsnr_min, logsnr_max, clip_x,
+                          method, False)
+
+  def run_from_key(params, rng, labels, num_steps, noise_interp, num_samples):
+    rng_noise, rng_sampler = jax.random.split(rng)
+    z, labels = _noise_and_labels(rng_noise, num_samples, image_shape,
+                                  num_classes, labels)
+    return run(params, z, labels, num_steps, rng_sampler, noise_interp)
+
+  return jax.jit(run_from_key, static_argnames='num_samples')
+
+
+def _noise_and_labels(rng, num_samples, image_shape, num_classes, labels):
+  """The starting noise z_1 and, for a class-conditional model, the labels.
+
+  Without `labels`, a class-conditional model's labels are drawn uniformly.
+  """
+  rng_z, rng_y = jax.random.split(rng)
+  z = jax.random.normal(rng_z, (num_samples,) + tuple(image_shape))
+  if num_classes <= 1:
+    return z, None
+  if labels is None:
+    labels = jax.random.randint(rng_y, (num_samples,), 0, num_classes)
+  return z, jnp.asarray(labels, jnp.int32)
+
+
 class Sampler:
   """A model with its parameters, ready to sample.
 
@@ -96,19 +130,6 @@ class Sampler:
       self._device_params = jax.device_put(self.params)
     return self._device_params
 
-  def _noise_and_labels(self, rng, num_samples, labels):
-    rng_z, rng_y = jax.random.split(rng)
-    z = jax.random.normal(rng_z, (num_samples,) + self.image_shape)
-    if self.num_classes <= 1:
-      return z, None
-    if labels is None:
-      labels = jax.random.randint(rng_y, (num_samples,), 0, self.num_classes)
-    labels = jnp.asarray(labels, jnp.int32)
-    if labels.shape != (num_samples,):
-      raise ValueError(f'labels must have shape ({num_samples},), got '
-                       f'{labels.shape}')
-    return z, labels
-
   def _fn(self, method, parallel):
     return _compiled_sampler(self.model, self.mean_type, self.logsnr_min,
                              self.logsnr_max, self.clip_x, method, parallel)
@@ -122,12 +143,19 @@ class Sampler:
     class-conditional model draws labels uniformly.
     """
     num_steps = num_steps or self.num_steps or self.default_num_steps
-    rng_noise, rng_sampler = jax.random.split(rng)
-    z, labels = self._noise_and_labels(rng_noise, num_samples, labels)
-    fn = self._fn(method, parallel=False)
-    return np.asarray(fn(self._params_on_device(), z, labels,
-                         jnp.int32(num_steps),
-                         rng_sampler, jnp.float32(noise_interp)))
+    if self.num_classes <= 1:
+      labels = None
+    elif labels is not None:
+      labels = np.asarray(labels, np.int32)
+      if labels.shape != (num_samples,):
+        raise ValueError(f'labels must have shape ({num_samples},), got '
+                         f'{labels.shape}')
+    fn = _compiled_sampler_from_key(
+        self.model, self.mean_type, self.logsnr_min, self.logsnr_max,
+        self.clip_x, method, self.image_shape, self.num_classes)
+    return np.asarray(fn(self._params_on_device(), rng, labels,
+                         np.int32(num_steps), np.float32(noise_interp),
+                         num_samples=int(num_samples)))
 
   def sample_batches(self, rng, num_samples, batch_size, num_steps=None,
                      method='ddim', noise_interp=0.):
@@ -147,7 +175,8 @@ class Sampler:
     while done < num_samples:
       key = jax.random.fold_in(rng, index)
       rng_noise, rng_sampler = jax.random.split(key)
-      z, labels = self._noise_and_labels(rng_noise, batch_size, None)
+      z, labels = _noise_and_labels(rng_noise, batch_size, self.image_shape,
+                                    self.num_classes, None)
       shard = lambda a: None if a is None else a.reshape(
           (len(devices), -1) + a.shape[1:])
       out = fn(params, shard(z), shard(labels), jnp.int32(num_steps),

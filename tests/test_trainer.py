@@ -204,3 +204,43 @@ def test_sampler_copies_parameters_to_the_device_once(tiny_model):
   other = sampler.with_params(jax.tree.map(lambda x: x + 0.05, params))
   assert other._params_on_device() is not on_device  # pylint: disable=protected-access
   assert not np.array_equal(other.sample(rng, 2, num_steps=2), first)
+
+
+def test_sampler_draws_its_noise_and_labels_as_documented(digits_dir):
+  """sample() draws z and labels inside its one compiled call, from `rng`.
+
+  Its images equal those of the step-by-step recipe (split the key, draw
+  z ~ N(0, I) and uniform labels, run the compiled DDIM sampler), and
+  labels given by the caller replace the drawn ones.
+  """
+  config = tiny.tiny_config(digits_dir)
+  config.dataset.class_conditional = True
+  model = models.create_model(config)
+  params = inference.init_params(model, config, jax.random.PRNGKey(0))
+  # Off the zero-initialized output layer, so that the images depend on z
+  # and the labels.
+  params = jax.tree.map(
+      lambda x: x + 0.05 * np.random.default_rng(x.size).standard_normal(
+          x.shape).astype(x.dtype), params)
+  sampler = inference.make_sampler(config, model, params)
+  assert sampler.num_classes == 10
+  rng = jax.random.PRNGKey(5)
+  images = sampler.sample(rng, 4, num_steps=2)
+
+  rng_noise, rng_sampler = jax.random.split(rng)
+  rng_z, rng_y = jax.random.split(rng_noise)
+  z = jax.random.normal(rng_z, (4, 8, 8, 1))
+  labels = jax.random.randint(rng_y, (4,), 0, 10)
+  run = inference._compiled_sampler(  # pylint: disable=protected-access
+      model, sampler.mean_type, sampler.logsnr_min, sampler.logsnr_max,
+      sampler.clip_x, 'ddim', False)
+  expected = np.asarray(run(params, z, labels, 2, rng_sampler, 0.))
+  np.testing.assert_array_equal(images, expected)
+
+  np.testing.assert_array_equal(
+      sampler.sample(rng, 4, num_steps=2, labels=np.asarray(labels)), images)
+  other = (np.asarray(labels) + 1) % 10
+  assert not np.array_equal(
+      sampler.sample(rng, 4, num_steps=2, labels=other), images)
+  with pytest.raises(ValueError, match=r'labels must have shape \(4,\)'):
+    sampler.sample(rng, 4, num_steps=2, labels=[1, 2])

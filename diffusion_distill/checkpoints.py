@@ -17,6 +17,7 @@ import re
 import sys
 import time
 from typing import Any
+import warnings
 
 from absl import logging
 import flax.serialization
@@ -81,6 +82,9 @@ class Checkpointer:
     state = _to_global(jax.device_get(state))
     _drop_closed_loop_noise()  # What tensorstore reports after a failed write.
     previous = self.latest_step()
+    # Before the save: its failed writes' tasks may be collected (and
+    # reported) at any time after the first failure, inside Orbax too.
+    _FailedWriteEchoes.install(self.directory)
     try:
       with _OrbaxErrorsHeld():
         self._mngr.save(
@@ -95,8 +99,10 @@ class Checkpointer:
     except (OSError, ValueError, RuntimeError) as e:
       # Tensorstore reports write failures as ValueError, Orbax's own writes
       # as OSError, its background threads' as RuntimeError.
+      # The writes that never started are reported when collected.
+      warnings.filterwarnings('ignore', message=r"coroutine '.*' was never "
+                              'awaited', category=RuntimeWarning)
       self._discard_failed_save(step)
-      _FailedWriteEchoes.install(self.directory)
       kept = (f'the checkpoint at step {previous} is intact'
               if previous is not None else 'no earlier checkpoint exists')
       raise CheckpointError(
@@ -276,13 +282,14 @@ class _OrbaxErrorsHeld:
 
 
 class _FailedWriteEchoes(pylogging.Filter):
-  """Drops asyncio's late reports of the writes of a save we reported failed.
+  """Drops asyncio's late reports of failed checkpoint writes.
 
   When one of Orbax's parallel writes fails, the others' exceptions are
   never awaited; asyncio logs each, with a traceback, whenever the task is
-  garbage-collected (often at exit, after our one-line error). Only those
-  "exception was never retrieved" records that name a directory whose save
-  raised CheckpointError are dropped; any other asyncio error still shows.
+  garbage-collected (often at exit, after our one-line CheckpointError).
+  Only those "exception was never retrieved" records that name a directory
+  this process saves checkpoints in are dropped: the save that failed has
+  already said so in one line. Any other asyncio error still shows.
   """
 
   _instance = None

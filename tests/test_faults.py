@@ -20,6 +20,7 @@ import resource
 import signal
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -326,8 +327,9 @@ def test_full_disk_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
   assert not errors.records, [r.getMessage() for r in errors.records]
 
   # The parallel writes that failed too are reported by asyncio only when
-  # their tasks are collected, often at exit: those naming this directory
-  # are dropped, any other unretrieved exception still shows.
+  # their tasks are collected, at any time after the failure (often at
+  # exit): those naming this directory are dropped, any other unretrieved
+  # exception still shows.
   with _Errors('') as late:
     _orphan_failed_task(f'Error writing "w/0" in {directory}/2.tmp: '
                         'File too large')
@@ -335,6 +337,13 @@ def test_full_disk_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     _orphan_failed_task('an unrelated failure')
     assert [r.exc_info[1].args for r in late.records] == [
         ('an unrelated failure',)]
+  # Writes that never started are reported when their coroutines are
+  # collected: after a failed save, not at all.
+  with warnings.catch_warnings(record=True) as unawaited:
+    never_started = asyncio.sleep(0)
+    del never_started
+    gc.collect()
+  assert not unawaited, [str(w.message) for w in unawaited]
 
   # Step 1 is still the latest, nothing of step 2 is left (not even Orbax's
   # temporary directory), and it restores as saved.

@@ -23,7 +23,7 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_bool('multihost', False,
                   'Multi-host: call jax.distributed.initialize(), which '
                   'detects the processes on TPU VMs and SLURM. Implied by '
-                  '--coordinator_address and --num_processes.')
+                  '--coordinator_address, --num_processes and --process_id.')
 flags.DEFINE_string('coordinator_address', None,
                     'Multi-host: host:port of process 0 (auto-detected on TPU '
                     'VMs and SLURM when left out).')
@@ -40,12 +40,49 @@ class _QuietOrbax(pylogging.Filter):
         '/orbax/' not in record.pathname)
 
 
-def _fail(message, code):
-  """One line on stderr, and the exit code; the traceback only with -v 1."""
-  if logging.get_verbosity() >= logging.DEBUG:
-    raise  # pylint: disable=misplaced-bare-raise
+def _exit(message, code):
+  """One line on stderr, and the exit code."""
   print(f'error: {message}', file=sys.stderr)
   sys.exit(code)
+
+
+def _fail(message, code):
+  """`_exit` while handling an exception; its traceback only with -v 1."""
+  if logging.get_verbosity() >= logging.DEBUG:
+    raise  # pylint: disable=misplaced-bare-raise
+  _exit(message, code)
+
+
+def _join_processes(initialize):
+  """jax.distributed.initialize with the flags; a mistake is one line."""
+  n, i = FLAGS.num_processes, FLAGS.process_id
+  if n is not None and n < 1:
+    _exit(f'--num_processes={n} is invalid: must be at least 1', 2)
+  address = FLAGS.coordinator_address
+  if address is not None:
+    host, _, port = address.rpartition(':')
+    if not (host and port.isdigit() and 0 < int(port) < 65536):
+      _exit(f'--coordinator_address={address} is invalid: give HOST:PORT of '
+            'process 0, e.g. 10.0.0.2:8476, with a port in 1..65535', 2)
+  if n is not None and i is not None and not 0 <= i < n:
+    _exit(f'--process_id={i} is invalid: must be in 0..{n - 1} for '
+          f'--num_processes={n}', 2)
+  try:
+    initialize(coordinator_address=FLAGS.coordinator_address,
+               num_processes=n, process_id=i)
+  except ValueError as e:
+    # What JAX could neither read from the flags nor detect.
+    _fail(f'--multihost cannot tell which processes to join '
+          f'({str(e).rstrip(".")}): on a TPU '
+          'VM or in a SLURM job this is detected; elsewhere give '
+          '--coordinator_address=HOST:PORT, --num_processes=N and '
+          '--process_id=I on every process', 2)
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    _fail(f'cannot join the other processes through '
+          f'{FLAGS.coordinator_address or "the detected coordinator"}: '
+          f'{type(e).__name__}: {first}; check that process 0 runs and that '
+          'its address and port are reachable from this host', 1)
 
 
 def main(argv):
@@ -58,10 +95,9 @@ def main(argv):
 
   # tf.data only feeds the input pipeline: keep TensorFlow off accelerators.
   tf.config.set_visible_devices([], 'GPU')
-  if FLAGS.multihost or FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+  if (FLAGS.multihost or FLAGS.coordinator_address
+      or FLAGS.num_processes is not None or FLAGS.process_id is not None):
+    _join_processes(jax.distributed.initialize)
 
   from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top
   from diffusion_distill import input_pipeline  # pylint: disable=g-import-not-at-top

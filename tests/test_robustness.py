@@ -530,3 +530,55 @@ def test_nan_updates_stop_with_last_checkpoint_intact(finished_teacher,
                        jax.tree.leaves(final.params)):
     assert np.isfinite(got).all()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('args,words', [
+    (['--multihost'], '--multihost cannot tell which processes to join '
+     '(coordinator_address should be defined)'),
+    (['--coordinator_address=127.0.0.1:1234'],
+     'cannot tell which processes to join (Number of processes must be '
+     'defined)'),
+    (['--num_processes=2', '--process_id=2'],
+     '--process_id=2 is invalid: must be in 0..1 for --num_processes=2'),
+    (['--num_processes=0'], '--num_processes=0 is invalid'),
+    (['--coordinator_address=127.0.0.1:99999', '--num_processes=2',
+      '--process_id=1'], '--coordinator_address=127.0.0.1:99999 is invalid'),
+])
+def test_main_multihost_mistakes_exit_2_with_one_line(tmp_path, args, words):
+  """Outside a TPU VM or SLURM job, --multihost needs the explicit flags."""
+  workdir = tmp_path / 'wd'
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=tests/tiny.py',
+       f'--workdir={workdir}'] + args,
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith('error: ') and words in lines[-1], lines[-1]
+  assert [l for l in lines if l.startswith('error:')] == lines[-1:]
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()
+
+
+def test_unreachable_coordinator_is_one_line_exit_1(tmp_path):
+  """A coordinator that does not answer: JAX gives up after its timeout
+  (minutes), which a stand-in for jax.distributed.initialize replaces."""
+  script = (
+      'import sys, main\n'
+      'main.FLAGS(sys.argv)\n'
+      'def initialize(**kwargs):\n'
+      '  assert kwargs == {"coordinator_address": "10.9.9.9:8476", '
+      '"num_processes": 2, "process_id": 1}, kwargs\n'
+      '  raise RuntimeError("DEADLINE_EXCEEDED: Barrier timed out\\n'
+      'more detail")\n'
+      'main._join_processes(initialize)\n')
+  result = subprocess.run(
+      [sys.executable, '-c', script, '--config=tests/tiny.py',
+       f'--workdir={tmp_path / "wd"}', '--coordinator_address=10.9.9.9:8476',
+       '--num_processes=2', '--process_id=1'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [
+      'error: cannot join the other processes through 10.9.9.9:8476: '
+      'RuntimeError: DEADLINE_EXCEEDED: Barrier timed out; check that '
+      'process 0 runs and that its address and port are reachable from '
+      'this host'], result.stderr

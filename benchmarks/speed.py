@@ -100,27 +100,11 @@ class Timing:
 
 def time_calls(call: Callable[[], Any], timing: Timing) -> dict:
   """Seconds per `call()`: median and min over the timed repeats."""
-  for _ in range(timing.warmup):
-    jax.block_until_ready(call())
-  t0 = time.perf_counter()
-  jax.block_until_ready(call())
-  once = time.perf_counter() - t0
-  k = max(1, math.ceil(timing.min_repeat_s / max(once, 1e-9)))
-  per_call = []
-  for _ in range(max(1, timing.repeats)):
-    t0 = time.perf_counter()
-    out = None
-    for _ in range(k):
-      out = call()
-    jax.block_until_ready(out)
-    per_call.append((time.perf_counter() - t0) / k)
-  return {'median_s': statistics.median(per_call), 'min_s': min(per_call),
-          'repeats_s': per_call, 'calls_per_repeat': k,
-          'repeats': len(per_call)}
+  return time_interleaved({'call': call}, timing)['call']
 
 
 def time_interleaved(calls: dict, timing: Timing) -> dict:
-  """`time_calls` for several calls at once, their repeats taken in turn.
+  """Seconds per call of each of `calls`, their timed repeats taken in turn.
 
   Repeat r of every call runs before repeat r + 1 of any, so a machine that
   slows down or speeds up during the measurement affects all calls alike

@@ -9,8 +9,10 @@
 #
 # Renders launch/gcp_batch_job.json (with python3 and json) and submits it
 # with `gcloud batch jobs submit`. See launch/README.md for the retry policy.
-# --dry-run prints the job JSON and the gcloud command instead.
-# Bad usage: one line "error: ..." on stderr and exit 2.
+# Before it submits anything (--dry-run included) it runs `main.py MAIN_ARGS
+# --check_local` here. --dry-run prints the job JSON and the gcloud command
+# instead. Bad usage, or a command the local check rejects: one line
+# "error: ..." on stderr and exit 2.
 
 set -euo pipefail
 
@@ -22,10 +24,12 @@ usage() {
 Usage:
   launch/gcp_batch.sh [--dry-run] --name=N --region=R [options] -- MAIN_ARGS...
 
-Submits one Batch job: one task on one GPU VM that installs the code (unless
---code_dir), checks that JAX sees the GPUs, and runs `python main.py
-MAIN_ARGS`. MAIN_ARGS must hold --workdir=gs://... Preempted or interrupted
-tasks are retried and resume from the workdir.
+Runs `main.py MAIN_ARGS --check_local` here first (the Python: $DD_LOCAL_PYTHON,
+else python3 on PATH); a rejected command submits nothing. Then submits one
+Batch job: one task on one GPU VM that installs the code (unless --code_dir),
+checks that JAX sees the GPUs, and runs `python main.py MAIN_ARGS`. MAIN_ARGS
+must hold --workdir=gs://... Preempted or interrupted tasks are retried and
+resume from the workdir.
 
 Options:
   --region=R                 Batch location, e.g. us-central1
@@ -48,7 +52,8 @@ Options:
   --tfds_data_dir=gs://...   TFDS_DATA_DIR for main.py
   --job_json=PATH            where the rendered job goes
                              (default: ${TMPDIR:-/tmp}/NAME.batch.json)
-  --dry-run                  print the job JSON and the command, run nothing
+  --dry-run                  run the local check, print the job JSON and the
+                             command, submit nothing
 EOF
 }
 
@@ -140,6 +145,9 @@ require_gs_workdir "a retried task may run on another VM" "${main_args[@]}"
 if [[ -z $code_dir ]]; then
   default_repo_and_ref "the job"
 fi
+
+# Nothing is submitted before this check passes (nor printed, in a dry run).
+local_check "${main_args[@]}"
 
 # The task: runs on the VM (script job) or in the container (--image).
 # @SETTINGS@ becomes REPO=, REF=, PY=, CODE_DIR=, EXPECTED_DEVICES= and
@@ -280,6 +288,8 @@ submit=(gcloud batch jobs submit "$name" "--location=$region")
 [[ -z $project ]] || submit+=("--project=$project")
 submit+=("--config=$job_json")
 
+print_check "$dry_run"
+print_warnings
 if ((dry_run)); then
   echo "# $provisioning VM $machine_type with $accelerator_count x $accelerator;" \
     "task retried (up to $max_retries times) on exit codes 50001, 50002, 75"

@@ -11,11 +11,17 @@ gives 4 jobs. A point's name comes from its overrides (here
 learning-rate-1e-4-steps-per-round-1000); its job is PREFIX-POINT and its
 workdir WORKDIR_ROOT/POINT. Flags before -- that sweep.py does not know go to
 the launcher (launch/tpu_vm.sh or launch/gcp_batch.sh); --launcher=local runs
-`python main.py` here, one point after another. Jobs start one after another;
-the first failure stops the sweep. --dry-run prints the commands instead.
+`python main.py` here, one point after another. Before anything starts
+(--dry-run included), every point is checked: by its launcher's --dry-run,
+which runs `main.py --check_local` here, or for --launcher=local by
+`main.py --check_local` itself (with $DD_LOCAL_PYTHON, else this Python); a
+rejected point stops the sweep with exit code 2. Jobs start one after
+another; the first failure stops the sweep. --dry-run prints the commands
+instead.
 """
 
 import argparse
+import concurrent.futures
 import hashlib
 import itertools
 import os
@@ -202,23 +208,43 @@ def _display_path(path):
   return path if rel.startswith('..') else rel
 
 
-def _preflight(jobs):
-  """Runs each launcher with --dry-run, so bad flags stop the sweep early."""
-  for name, _, command in jobs:
-    result = subprocess.run(command[:2] + ['--dry-run'] + command[2:],
-                            capture_output=True, text=True, check=False)
+def _check_commands(flags, jobs):
+  """Per point, what checks it without creating anything."""
+  if flags.launcher == 'local':
+    python = os.environ.get('DD_LOCAL_PYTHON') or sys.executable
+    return [[python] + command[1:] + ['--check_local']
+            for _, _, command in jobs]
+  return [command[:2] + ['--dry-run'] + command[2:] for _, _, command in jobs]
+
+
+def _preflight(flags, jobs):
+  """Checks every point at once (each check traces the model: seconds);
+  the first rejected point, in grid order, stops the sweep."""
+  commands = _check_commands(flags, jobs)
+  workers = max(1, min(len(commands), os.cpu_count() or 1, 8))
+
+  def run(command):
+    return subprocess.run(command, capture_output=True, text=True,
+                          check=False, stdin=subprocess.DEVNULL)
+
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    results = list(pool.map(run, commands))
+  who = ('main.py --check_local' if flags.launcher == 'local' else
+         jobs[0][2][1])
+  for (name, _, _), result in zip(jobs, results):
     if result.returncode != 0:
       lines = result.stderr.strip().splitlines() or ['(no message)']
-      raise UsageError(f'{command[1]} rejects point {name}: '
-                       f'{lines[-1].removeprefix("error: ")}')
+      errors = [l for l in lines if l.startswith('error: ')]
+      line = (errors or lines)[-1]
+      raise UsageError(f'{who} rejects point {name}: '
+                       f'{line.removeprefix("error: ")}')
 
 
 def main(argv):
   try:
     flags, launcher_args, main_args = parse_args(argv)
     jobs = build_jobs(flags, launcher_args, main_args)
-    if flags.launcher != 'local':
-      _preflight(jobs)
+    _preflight(flags, jobs)
   except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -20,9 +20,8 @@ import jax
 import numpy as np
 
 from configs import digits_quality
-from diffusion_distill import distill
-from diffusion_distill import evaluate
 from diffusion_distill import input_pipeline
+from diffusion_distill import layout
 from diffusion_distill.evaluation import frechet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,13 +37,15 @@ def _stats(images_uint8):
 def measure(workdir):
   config = digits_quality.get_config()
   real = _stats(input_pipeline.load_all_images(config))
-  rows = [('teacher', os.path.join(workdir, 'teacher', 'checkpoints'), n)
+  rows = [('teacher', layout.checkpoint_dir(layout.teacher_dir(workdir)), n)
           for n in (128, 4, 1)]
-  rows += [('student', os.path.join(distill.round_dir(workdir, n),
-                                    'checkpoints'), n) for n in (4, 1)]
+  rows += [('student', layout.checkpoint_dir(layout.round_dir(workdir, n)), n)
+           for n in (4, 1)]
   out = []
   for model, source, n in rows:
-    sampler = evaluate._load_sampler(config, workdir, source)  # pylint: disable=protected-access
+    m_config, m, params, meta = layout.load_model(source)
+    sampler = layout.make_sampler(m_config, m, params,
+                                  num_steps=meta.get('num_sample_steps'))
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
     images = np.concatenate(list(sampler.sample_batches(
         rng, NUM_SAMPLES, config.eval.batch_size, num_steps=n,

@@ -49,6 +49,10 @@ def get_config():
   config.train.weight_decay = 1e-3
   config.train.ema_decay = 0.9999
   config.train.grad_clip = 1.0
+  # Training steps per compiled call (a lax.scan over that many batches), for
+  # the teacher and the rounds; log, checkpoint and sample intervals and the
+  # numbers of steps must be multiples of it.
+  config.train.steps_per_dispatch = 1
   # Skip updates whose loss or gradient is not finite (counted in metrics).
   config.train.skip_nonfinite = True
   # Stop with an error after this many skipped updates in a row (0: never).

@@ -8,7 +8,7 @@ with the paper (e.g. a local copy of gs://gresearch/diffusion-distillation/
 cifar_original). Without it, the teacher in --workdir is used.
 13 rounds (8192 -> 4096 -> ... -> 1) of 50k updates at batch 128, Adam at
 5e-5 decayed linearly to 0 in each round; the rounds ending at 2 and 1
-steps run 100k updates (PAPER.md sections 4 and 6).
+steps run 100k updates (docs/method.md, sections 4 and 6).
 Hardware in the paper: 8 TPUv4 chips.
 Cost: 170 GFLOP per example per distillation step (XLA cost analysis), so
 750k updates at batch 128 are 1.6e19 FLOP: about 5 hours at 40% of the bf16
@@ -21,10 +21,4 @@ from configs import cifar10_teacher
 def get_config():
   config = cifar10_teacher.get_config()
   config.stages = ('distill',)
-  config.distill.start_num_steps = 8192
-  config.distill.end_num_steps = 1
-  config.distill.steps_per_round = 50_000
-  config.distill.last_rounds_multiplier = 2
-  config.distill.learning_rate = 5e-5
-  config.distill.batch_size = 128
   return config

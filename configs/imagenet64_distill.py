@@ -5,7 +5,7 @@
 
 The `both` parameterization, 10 rounds of 50k updates at batch 2048, Adam at
 1e-4 decayed linearly to 0 per round; the rounds ending at 2 and 1 steps run
-100k updates (PAPER.md sections 4 and 6).
+100k updates (docs/method.md, sections 4 and 6).
 Hardware in the paper: 64 TPUv4 chips.
 Cost: 1,054 GFLOP per example per distillation step (XLA cost analysis), so
 600k updates at batch 2048 are 1.3e21 FLOP: about 51 hours at 40% of the
@@ -18,10 +18,4 @@ from configs import imagenet64_teacher
 def get_config():
   config = imagenet64_teacher.get_config()
   config.stages = ('distill',)
-  config.distill.start_num_steps = 1024
-  config.distill.end_num_steps = 1
-  config.distill.steps_per_round = 50_000
-  config.distill.last_rounds_multiplier = 2
-  config.distill.learning_rate = 1e-4
-  config.distill.batch_size = 2048
   return config

@@ -1,4 +1,4 @@
-"""Class-conditional ImageNet 64x64 teacher (PAPER.md section 6).
+"""Class-conditional ImageNet 64x64 teacher (docs/method.md, section 6).
 
   python main.py --config=configs/imagenet64_teacher.py --workdir=gs://BUCKET/in64
 
@@ -9,7 +9,7 @@ Hardware in the paper: 64 TPUv4 chips.
 Cost: 632 GFLOP per example per train step (XLA cost analysis; 295,905,222
 parameters), so 400k steps at batch 2048 are 5.2e20 FLOP: about 21 hours at
 40% of the bf16 peak of 64 TPUv4 chips (an estimate from the FLOP count).
-PAPER.md does not give the teacher's number of steps; 400k is our default.
+The paper does not give the teacher's number of steps; 400k is our default.
 """
 
 from configs import base
@@ -17,32 +17,24 @@ from configs import base
 
 def get_config():
   config = base.get_config()
-  config.stages = ('teacher',)
   config.dataset.name = 'imagenet64'
   config.dataset.class_conditional = True
-  config.dataset.random_flip = True
   config.dataset.shuffle_buffer = 10_000
 
   config.model.ch = 192
   config.model.emb_ch = 768
   config.model.ch_mult = (1, 2, 3, 4)
-  config.model.num_res_blocks = 3
   config.model.attn_resolutions = (8, 16, 32)
   config.model.num_heads = None
   config.model.head_dim = 64
   config.model.dropout = 0.1
   config.model.mean_type = 'both'
-  config.model.loss_weighting = 'snr_trunc'
 
   config.train.batch_size = 2048
   config.train.num_steps = 400_000
   config.train.learning_rate = 3e-4
-  config.train.warmup_steps = 1000
   config.train.weight_decay = 0.0
-  config.train.ema_decay = 0.9999
   config.train.grid_sample_steps = 1024
 
-  config.distill.start_num_steps = 1024
-  config.distill.learning_rate = 1e-4
   config.distill.batch_size = 2048
   return config

@@ -1,4 +1,4 @@
-"""LSUN bedroom 128x128 teacher (PAPER.md section 6).
+"""LSUN bedroom 128x128 teacher (docs/method.md, section 6).
 
   python main.py --config=configs/lsun_bedroom128_teacher.py --workdir=gs://BUCKET/bedroom
 

@@ -17,10 +17,4 @@ from configs import lsun_church128_teacher
 def get_config(scene='church128'):
   config = lsun_church128_teacher.get_config(scene=scene)
   config.stages = ('distill',)
-  config.distill.start_num_steps = 1024
-  config.distill.end_num_steps = 1
-  config.distill.steps_per_round = 50_000
-  config.distill.last_rounds_multiplier = 2
-  config.distill.learning_rate = 1e-4
-  config.distill.batch_size = 2048
   return config

@@ -11,21 +11,22 @@ kill during a save never leaves a checkpoint that looks finished.
 """
 
 import errno
-import logging as pylogging
+import logging
 import os
-import re
-import sys
-import time
+import resource
+import shutil
 from typing import Any
-import warnings
 
-from absl import logging
 import flax.serialization
 import flax.traverse_util
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(Exception):
@@ -33,10 +34,17 @@ class CheckpointError(Exception):
 
 
 def _manager(directory, max_to_keep=2, read_only=False):
+  """An Orbax CheckpointManager; a reader creates and cleans up nothing.
+
+  Readers are not Orbax `read_only` managers, which log a warning each time
+  one is opened: Checkpointer never asks a reader to save or delete.
+  """
   options = ocp.CheckpointManagerOptions(
       create=not read_only,
-      read_only=read_only,
       preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+      # A save that was killed or failed leaves a temporary directory; the
+      # next writer of this directory removes it.
+      cleanup_tmp_directories=not read_only,
       # Saves run synchronously: the loop is CPU/host-bound anyway and a
       # synchronous save makes "a checkpoint exists" a simple fact at return.
       enable_async_checkpointing=False)
@@ -59,6 +67,7 @@ class Checkpointer:
   def __init__(self, directory, max_to_keep=2, read_only=False):
     self.directory = os.fspath(directory)
     self._read_only = read_only
+    self._max_to_keep = max_to_keep
     self._mngr = _manager(directory, max_to_keep, read_only)
     # Steps found unusable by a read-only checkpointer, which cannot move
     # them aside.
@@ -74,66 +83,52 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: dict):
     """Writes `state` and `meta` as checkpoint `step`, or raises CheckpointError.
 
-    A write that fails (a full disk, a quota, an I/O error) raises one line
-    naming the directory and the fix; the checkpoints saved before stay as
-    they were and usable, and the failed step's temporary files are removed.
+    A save that cannot fit (the disk's free space, or the file size limit of
+    `ulimit -f`, below the state's size) is refused before anything is
+    written. A write that fails anyway (a quota, an I/O error) raises one
+    line naming the directory and the fix, after Orbax's own report of the
+    error; the checkpoints saved before stay as they were and usable, and
+    the failed step's temporary directory is removed by the next manager of
+    the directory (Orbax's cleanup_tmp_directories).
     """
     step = int(step)
-    state = _to_global(jax.device_get(state))
-    _drop_closed_loop_noise()  # What tensorstore reports after a failed write.
+    state = jax.device_get(state)
     previous = self.latest_step()
-    # Before the save: its failed writes' tasks may be collected (and
-    # reported) at any time after the first failure, inside Orbax too.
-    _FailedWriteEchoes.install(self.directory)
+    kept = (f'the checkpoint at step {previous} is intact'
+            if previous is not None else 'no earlier checkpoint exists')
+    fail = lambda why: CheckpointError(
+        f'cannot save the checkpoint at step {step} in {self.directory}: '
+        f'{why}; free space on that disk (or check that it is writable and '
+        f'healthy) and run the same command again; {kept}')
+    short = _lack_of_room(self.directory, state)
+    if short:
+      raise fail(short)
     try:
-      with _OrbaxErrorsHeld():
-        self._mngr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                meta=ocp.args.JsonSave(meta)),
-            force=True)
-        self._mngr.wait_until_finished()
+      self._mngr.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(_to_global(state)),
+              meta=ocp.args.JsonSave(meta)),
+          force=True)
+      self._mngr.wait_until_finished()
     except ocp.checkpoint_manager.StepAlreadyExistsError:
       raise  # A caller's mistake, not a failed write: nothing to clean up.
     except (OSError, ValueError, RuntimeError) as e:
       # Tensorstore reports write failures as ValueError, Orbax's own writes
       # as OSError, its background threads' as RuntimeError.
-      # The writes that never started are reported when collected.
-      warnings.filterwarnings('ignore', message=r"coroutine '.*' was never "
-                              'awaited', category=RuntimeWarning)
-      self._discard_failed_save(step)
-      kept = (f'the checkpoint at step {previous} is intact'
-              if previous is not None else 'no earlier checkpoint exists')
-      raise CheckpointError(
-          f'cannot save the checkpoint at step {step} in {self.directory}: '
-          f'{_write_failure(e)}; free space on that disk (or check that it '
-          f'is writable and healthy) and run the same command again; {kept} '
-          f'({_one_line(e, 200)})') from e
+      self._reopen()
+      raise fail(f'{_write_failure(e)} ({_one_line(e, 240, keep_end=True)})'
+                 ) from e
 
-  def _discard_failed_save(self, step):
-    """After a failed save: its temporary directory goes, the step list is reread."""
-    if jax.process_index() == 0:
-      for tmp in epath.Path(self.directory).glob(f'{step}{_TMP_SUFFIX}*'):
-        # Tensorstore may still finish writes that were under way when the
-        # first one failed: remove until the directory stays gone.
-        error = 'it keeps reappearing'
-        for attempt in range(10):
-          try:
-            tmp.rmtree()
-          except OSError as e:
-            error = _one_line(e)
-          time.sleep(0.05 * (attempt + 1))
-          if not tmp.exists():
-            break
-        else:
-          logging.warning('cannot remove %s left by a failed save: %s', tmp,
-                          error)
+  def _reopen(self):
+    """A new manager after a failed save: it removes the step's temporary
+    directory (cleanup_tmp_directories) and rereads the steps on disk."""
     try:
-      self._mngr.reload()
+      self._mngr.close()
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning('cannot reread the checkpoints in %s: %s',
-                      self.directory, _one_line(e))
+      log.warning('closing the checkpoints in %s after a failed save: %s',
+                  self.directory, _one_line(e))
+    self._mngr = _manager(self.directory, self._max_to_keep)
 
   def restore_meta(self, step=None):
     _, out = self._restore(step, ocp.args.Composite(
@@ -168,7 +163,6 @@ class Checkpointer:
 
   def _restore(self, step, args):
     """(step, restored items) at `step`, or at the latest usable one."""
-    _drop_closed_loop_noise()
     if step is not None:
       try:
         return step, self._mngr.restore(step, args=args)
@@ -221,10 +215,9 @@ class Checkpointer:
               f'checkpoint at step {step} in {self.directory} is unusable '
               f'({why}) and cannot be moved aside to {dst.name}: {e}') from e
       if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         multihost_utils.sync_global_devices(f'set aside step {step}')
       where = f'moved to {dst}'
-    logging.warning('checkpoint at step %d in %s is unusable (%s): restored '
+    log.warning('checkpoint at step %d in %s is unusable (%s): restored '
                     'step %d instead; the unusable one is %s', step,
                     self.directory, why, restored_step, where)
 
@@ -232,86 +225,43 @@ class Checkpointer:
     self._mngr.close()
 
 
-_TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for an unfinished step.
-
-
-def _write_failure(error):
-  """What went wrong in a failed write, e.g. 'No space left on device (errno 28)'."""
-  code, e, seen = None, error, 0
-  while e is not None and code is None and seen < 10:
-    seen += 1
-    code = getattr(e, 'errno', None) if isinstance(e, OSError) else None
-    if code is None:
-      # Tensorstore puts the errno in its message: [os_error_code='28'].
-      m = re.search(r"os_error_code='?(\d+)", str(e))
-      code = int(m.group(1)) if m else None
-    e = e.__cause__ or e.__context__
-  if code is None:
-    return 'the write failed'
+def _failure(code):
+  """'the disk is full (No space left on device, errno 28)' for an errno."""
   what = {errno.ENOSPC: 'the disk is full',
           getattr(errno, 'EDQUOT', -1): 'the disk quota is exceeded',
           errno.EFBIG: 'a file size limit was hit'}.get(code, 'the write failed')
   return f'{what} ({os.strerror(code)}, errno {code})'
 
 
-class _OrbaxErrorsHeld:
-  """Holds back what Orbax logs at ERROR during a save, tracebacks included.
+def _lack_of_room(directory, state):
+  """Why `state` cannot be saved under `directory`, or None if it may fit.
 
-  A failed save then shows as our one-line CheckpointError alone; if the save
-  succeeds after all, the held records are logged as they came.
+  Its uncompressed size bounds what Orbax writes (float parameters hardly
+  compress). Remote paths (gs://) are left to the write itself.
   """
-
-  def __init__(self):
-    self.held = []
-
-  def filter(self, record):
-    if record.levelno >= pylogging.ERROR and '/orbax/' in record.pathname:
-      self.held.append(record)
-      return False
-    return True
-
-  def __enter__(self):
-    pylogging.getLogger('absl').addFilter(self)
-    return self
-
-  def __exit__(self, exc_type, *unused):
-    pylogging.getLogger('absl').removeFilter(self)
-    if exc_type is None:
-      for record in self.held:
-        pylogging.getLogger('absl').handle(record)
+  if '://' in os.fspath(directory):
+    return None
+  need = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+  limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+  if limit != resource.RLIM_INFINITY and limit < need:
+    return (f'{_failure(errno.EFBIG)}: the state is {need} bytes and '
+            f'`ulimit -f` allows files of {limit} bytes')
+  free = shutil.disk_usage(directory).free
+  if free < need:
+    return (f'{_failure(errno.ENOSPC)}: the state is {need} bytes and '
+            f'{free} bytes are free')
+  return None
 
 
-class _FailedWriteEchoes(pylogging.Filter):
-  """Drops asyncio's late reports of failed checkpoint writes.
-
-  When one of Orbax's parallel writes fails, the others' exceptions are
-  never awaited; asyncio logs each, with a traceback, whenever the task is
-  garbage-collected (often at exit, after our one-line CheckpointError).
-  Only those "exception was never retrieved" records that name a directory
-  this process saves checkpoints in are dropped: the save that failed has
-  already said so in one line. Any other asyncio error still shows.
-  """
-
-  _instance = None
-
-  def __init__(self):
-    super().__init__()
-    self.directories = set()
-
-  @classmethod
-  def install(cls, directory):
-    if cls._instance is None:
-      cls._instance = cls()
-      pylogging.getLogger('asyncio').addFilter(cls._instance)
-    cls._instance.directories.add(os.fspath(directory))
-
-  def filter(self, record):
-    if 'exception was never retrieved' not in str(record.msg):
-      return True
-    text = record.getMessage()
-    if record.exc_info and record.exc_info[1] is not None:
-      text += str(record.exc_info[1])
-    return not any(d in text for d in self.directories)
+def _write_failure(error):
+  """What went wrong in a failed write: the errno of an OSError in the chain
+  (Orbax's own writes raise them), else 'the write failed'."""
+  e = error
+  while e is not None:
+    if isinstance(e, OSError) and e.errno:
+      return _failure(e.errno)
+    e = e.__cause__ or e.__context__
+  return 'the write failed'
 
 
 def _replicated():
@@ -345,32 +295,16 @@ def _to_host(tree):
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def _drop_closed_loop_noise():
-  """Keeps a failed restore to the one line we log or raise.
-
-  When one read of a garbled checkpoint fails, Orbax closes its event loop
-  while tensorstore still completes the other reads; each then reports
-  "RuntimeError: Event loop is closed" with a traceback through
-  sys.unraisablehook, dozens per restore. Only those are dropped.
-  """
-  previous = sys.unraisablehook
-  if getattr(previous, 'drops_closed_loop_noise', False):
-    return
-
-  def hook(unraisable):
-    error = unraisable.exc_value
-    if not (unraisable.object is None and isinstance(error, RuntimeError)
-            and str(error) == 'Event loop is closed'):
-      previous(unraisable)
-
-  hook.drops_closed_loop_noise = True
-  sys.unraisablehook = hook
-
-
-def _one_line(error, limit=300):
-  """`Type: message` on one line, cut to `limit` characters."""
+def _one_line(error, limit=300, keep_end=False):
+  """`Type: message` on one line, cut to `limit` characters: at the end, or
+  in the middle with `keep_end` (where a chained I/O error names its cause)."""
   text = ' '.join(f'{type(error).__name__}: {error}'.split())
-  return text if len(text) <= limit else text[:limit - 3] + '...'
+  if len(text) <= limit:
+    return text
+  if keep_end:
+    head = limit // 3
+    return text[:head] + ' ... ' + text[-(limit - head - 5):]
+  return text[:limit - 3] + '...'
 
 
 def load_paper_checkpoint(path):
@@ -401,24 +335,6 @@ def load_paper_checkpoint(path):
   return tree['ema_params'], num_steps
 
 
-def stage_checkpoint_dir(path):
-  """The Orbax directory of a stage, given a workdir, a stage dir or itself.
-
-  Accepts WORKDIR (uses its teacher), WORKDIR/teacher, a round's directory,
-  or the `checkpoints` directory itself. Returns None when none is there.
-  """
-  path = epath.Path(path)
-  for candidate in (path / 'teacher' / 'checkpoints', path / 'checkpoints',
-                    path):
-    try:
-      if candidate.is_dir() and any(
-          p.name.isdigit() for p in candidate.iterdir()):
-        return candidate
-    except OSError:
-      continue
-  return None
-
-
 def flat_shapes(tree):
   """{'a/b/c': shape} of a nested dict of arrays."""
   flat = flax.traverse_util.flatten_dict(tree, sep='/')
@@ -443,8 +359,10 @@ def check_same_tree(expected, actual, what):
 
 def write_atomically(path, data):
   """Writes str or bytes so that `path` is either absent, old or complete."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'w' if isinstance(data, str) else 'wb') as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + '.tmp')
+  if isinstance(data, str):
+    tmp.write_text(data)
+  else:
+    tmp.write_bytes(data)
+  tmp.replace(path)

@@ -1,4 +1,4 @@
-"""Pure math of the diffusion process (PAPER.md sections 1-3 and 5).
+"""Pure math of the diffusion process (docs/method.md, sections 1-3 and 5).
 
 Every function works on a batch: `logsnr` has shape [B] and broadcasts over
 the trailing (image) axes of `z`/`x`. Nothing here knows about networks:
@@ -67,7 +67,7 @@ def predict(model_output, z, logsnr, mean_type, clip_x=False):
 
 
 def loss_weight(logsnr, weighting):
-  """Weight w(lambda) of the x-space loss w * ||x - x_hat||^2 (PAPER.md section 3)."""
+  """Weight w(lambda) of the x-space loss w * ||x - x_hat||^2 (docs/method.md, section 3)."""
   if weighting == 'constant':
     return jnp.ones_like(logsnr)
   if weighting == 'snr':

@@ -1,28 +1,33 @@
-"""The progressive distillation driver (PAPER.md section 4): teacher -> rounds.
+"""The progressive distillation driver (docs/method.md, section 4): the rounds.
 
 Each round halves the number of sampling steps: the student starts as a copy
 of its teacher, learns with a fresh Adam whose learning rate decays linearly
 to zero over the round, and becomes the next round's teacher. Rounds are
 stages (trainer.run_stage), so an interrupted round resumes mid-way and a
-finished one is only reloaded.
+finished one is only reloaded. The driver builds the loss once, and one
+compiled step per round length, and hands them to the rounds: rounds of the
+same length share one compiled program (the number of student steps is an
+argument of the step, not a constant in it).
 """
 
 import functools
-import os
+import logging
 
-from absl import logging
 import jax
 import numpy as np
 import optax
-from etils import epath
 
-from diffusion_distill import checkpoints
+from diffusion_distill import input_pipeline
 from diffusion_distill import inference
 from diffusion_distill import losses
 from diffusion_distill import models
 from diffusion_distill import schedules
+from diffusion_distill import teacher as teacher_lib
+from diffusion_distill import teacher_stage
 from diffusion_distill import trainer
-from diffusion_distill import train as train_lib
+from diffusion_distill import layout
+
+log = logging.getLogger(__name__)
 
 
 def round_plan(start_num_steps, end_num_steps, steps_per_round,
@@ -41,139 +46,19 @@ def round_plan(start_num_steps, end_num_steps, steps_per_round,
   return plan
 
 
-def round_dir(workdir, num_student_steps):
-  return os.path.join(workdir, 'distill', f'student_{num_student_steps:05d}')
+def config_round_plan(config, teacher_num_steps=None):
+  """round_plan of config.distill, from the teacher's own step count if any."""
+  d = config.distill
+  return round_plan(teacher_num_steps or d.start_num_steps, d.end_num_steps,
+                    d.steps_per_round, d.last_rounds_multiplier,
+                    d.long_rounds_max_steps)
 
 
-def finished_students(workdir):
-  """[(num_sample_steps, checkpoint_dir)] of every finished round, most steps first."""
-  out = []
-  parent = epath.Path(workdir) / 'distill'
-  if not parent.is_dir():
-    return out
-  for round_path in parent.iterdir():
-    d = round_path / 'checkpoints'
-    if not d.is_dir():
-      continue
-    ckpt = checkpoints.Checkpointer(d, read_only=True)
-    if ckpt.latest_step() is not None:
-      meta = ckpt.restore_meta()
-      # After restore_meta, which skips an unusable latest checkpoint.
-      if ckpt.latest_step() == meta['stage_num_steps']:
-        out.append((meta['num_sample_steps'], os.fspath(d)))
-    ckpt.close()
-  return sorted(out, reverse=True)
-
-
-def load_teacher(config, workdir):
-  """(ema_params, num_sample_steps) of `distill.teacher_checkpoint`.
-
-  The path is our own workdir/stage/checkpoint directory, or a file released
-  with the paper (Flax msgpack). Defaults to this workdir's teacher.
-  The parameter tree must be that of `config.model`; a teacher of ours must
-  also have config's data set, class conditioning and mean_type. Every
-  failure is a one-line CheckpointError that names the field and the fix
-  (validation.validate_sources calls this before any work).
-  """
-  from diffusion_distill import validation  # pylint: disable=g-import-not-at-top
-  path = config.distill.teacher_checkpoint or workdir
-  expected = lambda: inference.abstract_params(models.create_model(config),
-                                               config)
-  what = validation.teacher_description(config, workdir)
-  p = epath.Path(path)
-  if p.is_file():
-    try:
-      params, num_steps = checkpoints.load_paper_checkpoint(p)
-    except checkpoints.CheckpointError as e:
-      raise validation.unreadable_teacher_error(config, workdir, e) from None
-    validation.check_teacher_tree(expected(), params, config, what)
-    params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
-    return params, num_steps
-  ckpt_dir = checkpoints.stage_checkpoint_dir(p)
-  if ckpt_dir is None:
-    raise validation.missing_teacher_error(config, workdir)
-  try:
-    meta = checkpoints.Checkpointer(ckpt_dir, read_only=True).restore_meta()
-  except checkpoints.CheckpointError as e:
-    raise validation.unreadable_teacher_error(config, workdir, e) from None
-  validation.check_teacher_meta(meta, config, what)
-  saved_config = inference.config_from_meta(meta)
-  saved_model = models.create_model(saved_config)
-  validation.check_teacher_tree(
-      expected(), inference.abstract_params(saved_model, saved_config), config,
-      what, saved_model=saved_config.model)
-  try:
-    _, _, params, meta = inference.load_model(ckpt_dir)
-  except checkpoints.CheckpointError as e:
-    raise validation.unreadable_teacher_error(config, workdir, e) from None
-  return params, meta.get('num_sample_steps')
-
-
-def _student_config(config):
+def student_config(config):
   """The teacher's architecture with dropout off: rounds train without it."""
   student = config.copy_and_resolve_references()
   student.model.dropout = 0.
   return student
-
-
-# The loss and the optimizer of the rounds, one object per distinct value:
-# the trainer compiles one step per (loss, optimizer) pair, so rounds of the
-# same length share a compiled step (the number of steps is an argument).
-_OBJECTIVES = {}
-_OPTIMIZERS = {}
-
-
-def _round_objective(config):
-  key = (config.model.to_json(), config.schedule.to_json())
-  if key not in _OBJECTIVES:
-    _OBJECTIVES[key] = functools.partial(
-        _distill_objective,
-        model_fn=inference.make_model_fn(models.create_model(config)),
-        mean_type=config.model.mean_type,
-        weighting=config.model.loss_weighting,
-        logsnr_fn=schedules.get_logsnr_fn(config.schedule))
-  return _OBJECTIVES[key]
-
-
-def _round_optimizer(learning_rate, grad_clip, num_updates):
-  """(learning_rate_fn, optimizer): fresh Adam, lr decayed linearly to 0."""
-  key = (learning_rate, grad_clip, num_updates)
-  if key not in _OPTIMIZERS:
-    learning_rate_fn = optax.linear_schedule(learning_rate, 0., num_updates)
-    _OPTIMIZERS[key] = (learning_rate_fn, trainer.make_optimizer(
-        learning_rate_fn, grad_clip=grad_clip))
-  return _OPTIMIZERS[key]
-
-
-def round_stage(config, workdir, teacher_params, num_student_steps,
-                num_updates) -> trainer.Stage:
-  """One round: a student for `num_student_steps` steps from its teacher."""
-  d = config.distill
-  config = _student_config(config)
-  model = models.create_model(config)
-  learning_rate_fn, optimizer = _round_optimizer(d.learning_rate, d.grad_clip,
-                                                 num_updates)
-  return trainer.Stage(
-      name=f'distill to {num_student_steps} steps',
-      workdir=round_dir(workdir, num_student_steps),
-      num_steps=num_updates,
-      loss_fn=_round_objective(config),
-      optimizer=optimizer,
-      learning_rate_fn=learning_rate_fn,
-      ema_decay=0.,
-      init_params=teacher_params,
-      rng=jax.random.fold_in(jax.random.PRNGKey(config.seed),
-                             num_student_steps),
-      make_iterator=functools.partial(
-          train_lib._train_iterator, config, d.batch_size,  # pylint: disable=protected-access
-          config.seed + num_student_steps),
-      meta=inference.model_meta(config, stage='distill',
-                                num_sample_steps=num_student_steps,
-                                stage_num_steps=num_updates),
-      sampler=inference.make_sampler(config, model, None),
-      grid_num_steps=num_student_steps,
-      extra=(teacher_params, np.int32(num_student_steps)),
-      **train_lib.trainer_periodic_kwargs(config, sample_every=num_updates))
 
 
 def _distill_objective(params, batch, rng, teacher_params, num_student_steps,
@@ -182,19 +67,86 @@ def _distill_objective(params, batch, rng, teacher_params, num_student_steps,
                              num_student_steps=num_student_steps, **kwargs)
 
 
-def distill(config, workdir, step_hook=None):
-  """Runs every round; returns the final student's parameters (host arrays)."""
+def distill_loss_fn(config, model):
+  """Algorithm 2's loss, `(params, batch, rng, teacher_params, n)`."""
+  return functools.partial(
+      _distill_objective, model_fn=inference.make_model_fn(model),
+      mean_type=config.model.mean_type,
+      weighting=config.model.loss_weighting,
+      logsnr_fn=schedules.get_logsnr_fn(config.schedule))
+
+
+class Rounds:
+  """What every round of one run shares: the student's model, its loss, its
+  sampler, and one compiled step per round length (built on first use)."""
+
+  def __init__(self, config, workdir, plan):
+    self.config = student_config(config)
+    self.workdir = workdir
+    self.plan = plan
+    self.model = models.create_model(self.config)
+    self.loss_fn = distill_loss_fn(self.config, self.model)
+    self.sampler = layout.make_sampler(self.config, self.model, None)
+    self._steps = {}
+
+  def step(self, num_updates):
+    """Fresh Adam, learning rate decayed linearly to 0 over the round."""
+    if num_updates not in self._steps:
+      d = self.config.distill
+      learning_rate_fn = optax.linear_schedule(d.learning_rate, 0.,
+                                               num_updates)
+      self._steps[num_updates] = trainer.make_step(
+          self.loss_fn,
+          trainer.make_optimizer(learning_rate_fn, grad_clip=d.grad_clip),
+          learning_rate_fn, ema_decay=0.,
+          skip_nonfinite=self.config.train.skip_nonfinite,
+          steps_per_dispatch=self.config.train.steps_per_dispatch)
+    return self._steps[num_updates]
+
+  def stage(self, index, teacher_params) -> trainer.Stage:
+    """Round `index` of the plan: a student for n steps from its teacher."""
+    config = self.config
+    n, num_updates = self.plan[index]
+    before = sum(u for _, u in self.plan[:index])
+    return trainer.Stage(
+        name=f'distill to {n} steps',
+        directory=layout.round_dir(self.workdir, n),
+        num_steps=num_updates,
+        step=self.step(num_updates),
+        init_params=teacher_params,
+        rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), n),
+        make_iterator=input_pipeline.iterator_factory(
+            config, config.distill.batch_size, config.seed + n),
+        meta=layout.model_meta(config, stage='distill',
+                                    num_sample_steps=n,
+                                    stage_num_steps=num_updates),
+        sampler=self.sampler,
+        grid_num_steps=n,
+        periodic=teacher_stage.periodic(config, num_updates),
+        extra=(teacher_params, np.int32(n)),
+        hparams=teacher_stage.hparams(config),
+        progress=trainer.Progress(
+            done_before=before, total=sum(u for _, u in self.plan),
+            label=f'round {index + 1} of {len(self.plan)}'))
+
+
+def distill(config, workdir, teacher=None, step_hook=None):
+  """Runs every round; returns the final student's parameters (host arrays).
+
+  `teacher` is the resolved teacher (preflight's); None resolves it now,
+  e.g. after this run's teacher stage trained it.
+  """
+  teacher = teacher or teacher_lib.resolve(config, workdir)
+  params = teacher_lib.load(teacher)
   d = config.distill
-  params, teacher_steps = load_teacher(config, workdir)
-  start = teacher_steps or d.start_num_steps
-  if teacher_steps and teacher_steps != d.start_num_steps:
-    logging.info('teacher was trained for %d sampling steps: distilling from '
-                 'there, not from distill.start_num_steps=%d', teacher_steps,
-                 d.start_num_steps)
-  for n, num_updates in round_plan(start, d.end_num_steps, d.steps_per_round,
-                                   d.last_rounds_multiplier,
-                                   d.long_rounds_max_steps):
-    stage = round_stage(config, workdir, params, n, num_updates)
+  if teacher.num_sample_steps and teacher.num_sample_steps != d.start_num_steps:
+    log.info('teacher was trained for %d sampling steps: distilling from '
+             'there, not from distill.start_num_steps=%d',
+             teacher.num_sample_steps, d.start_num_steps)
+  rounds = Rounds(config, workdir,
+                  config_round_plan(config, teacher.num_sample_steps))
+  for index in range(len(rounds.plan)):
+    stage = rounds.stage(index, params)
     stage.step_hook = step_hook
     state = trainer.run_stage(stage)
     # With EMA decay 0 the EMA equals the parameters; use it like a teacher's.

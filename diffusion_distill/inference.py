@@ -1,8 +1,12 @@
-"""Drawing images from a trained model: the `Sampler` object users hold."""
+"""Drawing images from a trained model: the `Sampler` object users hold.
+
+`workdir.load_sampler(workdir)` (also `diffusion_distill.load_sampler`)
+builds one from a workdir; `workdir.make_sampler` from a config and
+parameters.
+"""
 
 import copy
-import functools
-import os
+import dataclasses
 from typing import Any, Optional
 
 import flax.jax_utils
@@ -10,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_distill import samplers, schedules
+from diffusion_distill import samplers
+from diffusion_distill import schedules
 
 
 def make_model_fn(model):
@@ -22,60 +27,6 @@ def make_model_fn(model):
                        rngs=rngs)
 
   return model_fn
-
-
-SAMPLERS = ('ddim', 'ancestral', 'stochastic')
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_sampler(model, mean_type, logsnr_min, logsnr_max, clip_x, method,
-                      parallel):
-  """One compiled sampler per (model, parameterization, schedule, method).
-
-  Parameters, step count, labels and the ancestral coefficient are
-  arguments, so sampling a new round's student or at another step count
-  does not recompile. With `parallel`, it is pmapped over the local devices.
-  """
-  if method not in SAMPLERS:
-    raise ValueError(f'sampler {method!r} is not known; use one of {SAMPLERS}.')
-  model_fn = make_model_fn(model)
-  logsnr_fn = lambda t: schedules.cosine_logsnr(t, logsnr_min, logsnr_max)
-
-  def run(params, z, labels, num_steps, rng, noise_interp):
-    x_hat_fn = samplers.model_x_hat_fn(model_fn, params, mean_type, labels,
-                                       clip_x)
-    if method == 'ddim':
-      x = samplers.ddim_sample(x_hat_fn, z, num_steps, logsnr_fn)
-    elif method == 'ancestral':
-      x = samplers.ancestral_sample(x_hat_fn, z, num_steps, logsnr_fn, rng,
-                                    noise_interp)
-    else:
-      x = samplers.stochastic_sample(x_hat_fn, z, num_steps, logsnr_fn, rng)
-    return samplers.to_uint8(x)
-
-  if parallel:
-    return jax.pmap(run, in_axes=(0, 0, 0, None, 0, None))
-  return jax.jit(run)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_sampler_from_key(model, mean_type, logsnr_min, logsnr_max,
-                               clip_x, method, image_shape, num_classes):
-  """`_compiled_sampler` on one device, drawing its noise and labels inside.
-
-  One dispatch per `Sampler.sample` call: with few steps, drawing the noise
-  with separate eager ops costs a noticeable part of a network evaluation.
-  """
-  run = _compiled_sampler(model, mean_type, logsnr_min, logsnr_max, clip_x,
-                          method, False)
-
-  def run_from_key(params, rng, labels, num_steps, noise_interp, num_samples):
-    rng_noise, rng_sampler = jax.random.split(rng)
-    z, labels = _noise_and_labels(rng_noise, num_samples, image_shape,
-                                  num_classes, labels)
-    return run(params, z, labels, num_steps, rng_sampler, noise_interp)
-
-  return jax.jit(run_from_key, static_argnames='num_samples')
 
 
 def _noise_and_labels(rng, num_samples, image_shape, num_classes, labels):
@@ -92,16 +43,75 @@ def _noise_and_labels(rng, num_samples, image_shape, num_classes, labels):
   return z, jnp.asarray(labels, jnp.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Program:
+  """What a compiled sampler depends on, besides its arguments."""
+  model: Any
+  mean_type: str
+  schedule: tuple  # (name, logsnr_min, logsnr_max)
+  clip_x: bool
+  image_shape: tuple
+  num_classes: int
+
+  def run_fn(self, method):
+    """(params, z, labels, num_steps, rng, noise_interp) -> uint8 images.
+
+    Parameters, step count, labels and the ancestral coefficient are
+    arguments, so another model of the same architecture, or another step
+    count, does not recompile.
+    """
+    model_fn = make_model_fn(self.model)
+    logsnr_fn = schedules.logsnr_schedule(*self.schedule)
+
+    def run(params, z, labels, num_steps, rng, noise_interp):
+      x_hat_fn = samplers.model_x_hat_fn(model_fn, params, self.mean_type,
+                                         labels, self.clip_x)
+      if method == 'ddim':
+        x = samplers.ddim_sample(x_hat_fn, z, num_steps, logsnr_fn)
+      elif method == 'ancestral':
+        x = samplers.ancestral_sample(x_hat_fn, z, num_steps, logsnr_fn, rng,
+                                      noise_interp)
+      else:
+        x = samplers.stochastic_sample(x_hat_fn, z, num_steps, logsnr_fn, rng)
+      return samplers.to_uint8(x)
+
+    return run
+
+  def from_key(self, method):
+    """`run_fn` on one device, drawing its noise and labels inside.
+
+    One dispatch per `Sampler.sample` call: with few steps, drawing the
+    noise with separate eager ops costs a noticeable part of a network
+    evaluation.
+    """
+    run = self.run_fn(method)
+
+    def run_from_key(params, rng, labels, num_steps, noise_interp,
+                     num_samples):
+      rng_noise, rng_sampler = jax.random.split(rng)
+      z, labels = _noise_and_labels(rng_noise, num_samples, self.image_shape,
+                                    self.num_classes, labels)
+      return run(params, z, labels, num_steps, rng_sampler, noise_interp)
+
+    return jax.jit(run_from_key, static_argnames='num_samples')
+
+  def parallel(self, method):
+    """`run_fn` pmapped over the local devices."""
+    return jax.pmap(self.run_fn(method), in_axes=(0, 0, 0, None, 0, None))
+
+
 class Sampler:
   """A model with its parameters, ready to sample.
 
   `num_steps` is the number of sampling steps the model was trained for
   (None for a continuous-time teacher, which then samples with
-  `default_num_steps`).
+  `default_num_steps`). `schedule` is the config.schedule section the model
+  was trained with. Compiled programs are kept by the sampler and shared
+  with the samplers `with_params` makes.
   """
 
   def __init__(self, model, params, *, mean_type: str, image_shape,
-               num_classes: int, logsnr_min=-20., logsnr_max=20.,
+               num_classes: int, schedule=None,
                num_steps: Optional[int] = None, default_num_steps=256,
                clip_x=True, config: Any = None):
     self.model = model
@@ -109,19 +119,39 @@ class Sampler:
     self.mean_type = mean_type
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes
-    self.logsnr_min = float(logsnr_min)
-    self.logsnr_max = float(logsnr_max)
+    s = schedule or {'name': 'cosine', 'logsnr_min': -20.,
+                     'logsnr_max': 20.}
+    self.schedule = (s.get('name', 'cosine'), float(s['logsnr_min']),
+                     float(s['logsnr_max']))
     self.num_steps = num_steps
     self.default_num_steps = default_num_steps
     self.clip_x = clip_x
     self.config = config
     self._device_params = None
+    self._compiled = {}
 
-  def with_params(self, params):
-    """The same sampler for other parameters of the same model."""
+  @property
+  def _program(self):
+    return _Program(self.model, self.mean_type, self.schedule, self.clip_x,
+                    self.image_shape, self.num_classes)
+
+  def _fn(self, kind, method):
+    key = (self._program, kind, method)
+    if key not in self._compiled:
+      if method not in samplers.SAMPLERS:
+        raise ValueError(f'sampler {method!r} is not known; use one of '
+                         f'{samplers.SAMPLERS}.')
+      self._compiled[key] = getattr(self._program, kind)(method)
+    return self._compiled[key]
+
+  def with_params(self, params, num_steps=None):
+    """The same sampler (and compiled programs) for other parameters of the
+    same model, trained for `num_steps` sampling steps if given."""
     new = copy.copy(self)
     new.params = params
     new._device_params = None  # pylint: disable=protected-access
+    if num_steps is not None:
+      new.num_steps = num_steps
     return new
 
   def _params_on_device(self):
@@ -129,10 +159,6 @@ class Sampler:
     if self._device_params is None:
       self._device_params = jax.device_put(self.params)
     return self._device_params
-
-  def _fn(self, method, parallel):
-    return _compiled_sampler(self.model, self.mean_type, self.logsnr_min,
-                             self.logsnr_max, self.clip_x, method, parallel)
 
   def sample(self, rng, num_samples, num_steps=None, labels=None,
              method='ddim', noise_interp=0.):
@@ -150,9 +176,7 @@ class Sampler:
       if labels.shape != (num_samples,):
         raise ValueError(f'labels must have shape ({num_samples},), got '
                          f'{labels.shape}')
-    fn = _compiled_sampler_from_key(
-        self.model, self.mean_type, self.logsnr_min, self.logsnr_max,
-        self.clip_x, method, self.image_shape, self.num_classes)
+    fn = self._fn('from_key', method)
     return np.asarray(fn(self._params_on_device(), rng, labels,
                          np.int32(num_steps), np.float32(noise_interp),
                          num_samples=int(num_samples)))
@@ -169,7 +193,7 @@ class Sampler:
       raise ValueError(f'eval batch size {batch_size} must divide over the '
                        f'{len(devices)} local devices')
     num_steps = num_steps or self.num_steps or self.default_num_steps
-    fn = self._fn(method, parallel=True)
+    fn = self._fn('parallel', method)
     params = flax.jax_utils.replicate(self.params, devices)
     done, index = 0, 0
     while done < num_samples:
@@ -187,159 +211,3 @@ class Sampler:
       yield out[:take]
       done += take
       index += 1
-
-
-def image_grid(images, ncols=None, pad=1):
-  """Tiles uint8 [N, H, W, C] images into one image, with grey lines between."""
-  n = images.shape[0]
-  ncols = ncols or int(np.ceil(np.sqrt(n)))
-  nrows = int(np.ceil(n / ncols))
-  images = np.pad(images, ((0, nrows * ncols - n), (pad, pad), (pad, pad),
-                           (0, 0)), constant_values=128)
-  _, h, w, c = images.shape
-  return images.reshape(nrows, ncols, h, w, c).swapaxes(1, 2).reshape(
-      nrows * h, ncols * w, c)
-
-
-def save_png(path, image):
-  """Writes a uint8 [H, W, C] image as PNG (via tf.io, so gs:// works)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if os.path.dirname(path):
-    tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, 'wb') as f:
-    f.write(tf.io.encode_png(image).numpy())
-
-
-
-def init_params(model, config, rng):
-  """Freshly initialized U-Net parameters for `config` (host NumPy arrays)."""
-  x, logsnr, y = _dummy_inputs(config)
-  params = jax.jit(lambda r: model.init({'params': r}, x, logsnr, y,
-                                        train=False)['params'])(rng)
-  return jax.device_get(params)
-
-
-def abstract_params(model, config):
-  """Shapes and dtypes of the parameters, without allocating them."""
-  x, logsnr, y = _dummy_inputs(config)
-  return jax.eval_shape(
-      lambda: model.init({'params': jax.random.PRNGKey(0)}, x, logsnr, y,
-                         train=False)['params'])
-
-
-def _dummy_inputs(config):
-  from diffusion_distill.input_pipeline import dataset_info  # pylint: disable=g-import-not-at-top
-  info = dataset_info(config.dataset.name)
-  shape = (1, info.image_size, info.image_size, info.channels)
-  return jnp.zeros(shape), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
-
-
-def model_meta(config, *, stage, num_sample_steps, stage_num_steps):
-  """What a checkpoint records so that it can be loaded on its own."""
-  return {
-      'stage': stage,
-      'num_sample_steps': num_sample_steps,
-      'stage_num_steps': int(stage_num_steps),
-      'model': config.model.to_dict(),
-      'dataset': {'name': config.dataset.name,
-                  'class_conditional': bool(config.dataset.class_conditional)},
-      'schedule': config.schedule.to_dict(),
-  }
-
-
-def config_from_meta(meta):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict({k: meta[k] for k in
-                                    ('model', 'dataset', 'schedule')})
-
-
-def load_model(checkpoint_dir, step=None):
-  """(config, model, ema_params, meta) of a stage's checkpoint directory."""
-  from diffusion_distill import checkpoints, models  # pylint: disable=g-import-not-at-top
-  ckpt = checkpoints.Checkpointer(checkpoint_dir, read_only=True)
-  meta = ckpt.restore_meta(step)
-  config = config_from_meta(meta)
-  model = models.create_model(config)
-  # Its meta, not restore_meta's: this restore may have skipped an unusable
-  # latest checkpoint.
-  params, meta = ckpt.restore_params(abstract_params(model, config),
-                                     'ema_params', step)
-  ckpt.close()
-  return config, model, params, meta
-
-
-def _latest_model_dir(workdir):
-  """The final student's checkpoints if any round finished, else the teacher's."""
-  from diffusion_distill import checkpoints, distill  # pylint: disable=g-import-not-at-top
-  students = distill.finished_students(workdir)
-  if students:
-    return students[-1][1]
-  return checkpoints.stage_checkpoint_dir(workdir)
-
-
-class StepCountError(ValueError):
-  """No model of a workdir samples in the number of steps asked for."""
-
-
-def select_model_dir(workdir, num_steps=None):
-  """(checkpoint_dir, note) of the model of `workdir` to sample in `num_steps`.
-
-  Without `num_steps`: the latest model (load_sampler's). With it: the
-  student distilled for exactly `num_steps` steps, else the continuous-time
-  teacher, which samples in any number of steps (`note` then says why it was
-  chosen). A student is never run at another step count than its own: that
-  raises StepCountError, one line listing the counts there are.
-  Reads checkpoint metadata only.
-  """
-  from diffusion_distill import checkpoints, distill  # pylint: disable=g-import-not-at-top
-  if num_steps is None:
-    return _latest_model_dir(workdir), None
-  students = distill.finished_students(workdir)
-  for n, d in students:
-    if n == num_steps:
-      return d, None
-  counts = ', '.join(str(n) for n, _ in students)
-  teacher = checkpoints.stage_checkpoint_dir(workdir)
-  teacher = teacher and os.fspath(teacher)
-  own = None
-  if teacher is not None:
-    own = checkpoints.Checkpointer(teacher, read_only=True).restore_meta().get(
-        'num_sample_steps')
-    if own is None:
-      return teacher, (
-          f'no student in {workdir} was distilled for {num_steps} steps '
-          f'(students: {counts})' if students else None)
-    if own == num_steps:
-      return teacher, None
-    counts = counts or str(own)
-  if not counts:
-    return None, None  # No model at all: load_sampler's error.
-  raise StepCountError(
-      f'--num_steps={num_steps} does not fit {workdir}: its models were '
-      f'distilled for {counts} sampling steps and a distilled model samples '
-      'only in its own count; use one of those, or leave --num_steps out')
-
-
-def load_sampler(workdir, clip_x=True):
-  """A Sampler for the latest model of a workdir (the final student if any)."""
-  from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top
-  ckpt_dir = _latest_model_dir(workdir)
-  if ckpt_dir is None:
-    raise checkpoints.CheckpointError(
-        f'no model checkpoint under {workdir}: train one with main.py first')
-  config, model, params, meta = load_model(ckpt_dir)
-  return make_sampler(config, model, params,
-                      num_steps=meta.get('num_sample_steps'), clip_x=clip_x)
-
-
-def make_sampler(config, model, params, num_steps=None, clip_x=True):
-  """A Sampler for `model` with `params`, shaped by `config`'s data set."""
-  from diffusion_distill.input_pipeline import dataset_info  # pylint: disable=g-import-not-at-top
-  info = dataset_info(config.dataset.name)
-  return Sampler(
-      model, params, mean_type=config.model.mean_type,
-      image_shape=(info.image_size, info.image_size, info.channels),
-      num_classes=info.num_classes if config.dataset.class_conditional else 1,
-      logsnr_min=config.schedule.logsnr_min,
-      logsnr_max=config.schedule.logsnr_max,
-      num_steps=num_steps, clip_x=clip_x, config=config)

@@ -7,7 +7,6 @@ resumed at step k therefore sees exactly the batches a run from step 0 sees at
 step k, whatever tf.data's threading does.
 """
 
-import dataclasses
 from typing import Iterator, Optional
 
 import jax
@@ -16,8 +15,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-# Registers the offline builders (`digits`) with TFDS.
-from diffusion_distill import datasets as _datasets  # pylint: disable=unused-import
+from diffusion_distill import dataset_info
+# Registers the offline `digits` builder with TFDS.
+from diffusion_distill.datasets import digits as _digits  # pylint: disable=unused-import
 
 # Above this many bytes of decoded images per host, re-decode every epoch
 # instead of caching in RAM (ImageNet/LSUN would not fit on most hosts).
@@ -32,83 +32,7 @@ class NonFiniteDataError(ValueError):
   """The images of a data set hold NaN or Inf values."""
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the model and the pipeline need to know about one data set.
-
-  Attributes:
-    image_size: height = width of the images the model sees.
-    channels: image channels.
-    num_classes: number of labels (1 for data sets without labels).
-    tfds_name: TFDS name (with config) the images are read from.
-    allows_flip: whether a left-right mirror image is still a valid example.
-    resize: None when TFDS images already are image_size squares; otherwise
-      the tf.image.resize method applied to their central square crop.
-    build_hint: how to prepare the TFDS data set, for DataNotFoundError.
-  """
-  image_size: int
-  channels: int
-  num_classes: int
-  tfds_name: str
-  allows_flip: bool
-  resize: Optional[str] = None
-  build_hint: str = ''
-
-
-_DATASETS = {
-    'cifar10': DatasetInfo(
-        image_size=32, channels=3, num_classes=10, tfds_name='cifar10',
-        allows_flip=True,
-        build_hint='on a machine with internet run '
-                   '`tfds build cifar10 --data_dir=DIR`'),
-    # The paper's ImageNet 64x64 (class-conditional) is built from full-size
-    # ImageNet by area-resizing central square crops.
-    'imagenet64': DatasetInfo(
-        image_size=64, channels=3, num_classes=1000, tfds_name='imagenet2012',
-        allows_flip=True, resize='area',
-        build_hint='put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
-                   'in DIR/downloads/manual and run '
-                   '`tfds build imagenet2012 --data_dir=DIR`'),
-    'lsun_church128': DatasetInfo(
-        image_size=128, channels=3, num_classes=1,
-        tfds_name='lsun/church_outdoor', allows_flip=True, resize='bilinear',
-        build_hint='on a machine with internet run '
-                   '`tfds build lsun/church_outdoor --data_dir=DIR`'),
-    'lsun_bedroom128': DatasetInfo(
-        image_size=128, channels=3, num_classes=1, tfds_name='lsun/bedroom',
-        allows_flip=True, resize='bilinear',
-        build_hint='on a machine with internet run '
-                   '`tfds build lsun/bedroom --data_dir=DIR`'),
-    # A mirrored 3 is not a 3: never flip digits.
-    'digits': DatasetInfo(
-        image_size=8, channels=1, num_classes=10, tfds_name='digits',
-        allows_flip=False),
-}
-
-# Built on the spot from files bundled with installed packages.
-_LOCAL_BUILDS = frozenset({'digits'})
-
-
-def dataset_info(name: str) -> DatasetInfo:
-  """Returns the DatasetInfo for `config.dataset.name`."""
-  try:
-    return _DATASETS[name]
-  except KeyError:
-    raise ValueError(
-        f'Unknown dataset.name {name!r}; valid names: '
-        f'{", ".join(_DATASETS)}.') from None
-
-
-def _validate_config(config: ml_collections.ConfigDict) -> DatasetInfo:
-  info = dataset_info(config.dataset.name)
-  if config.dataset.class_conditional and info.num_classes < 2:
-    raise ValueError(
-        f'dataset.class_conditional=True but {config.dataset.name} has no '
-        'labels; set --config.dataset.class_conditional=False.')
-  return info
-
-
-def _missing_data_error(info: DatasetInfo,
+def _missing_data_error(info: dataset_info.DatasetInfo,
                         builder: tfds.core.DatasetBuilder) -> DataNotFoundError:
   return DataNotFoundError(
       f'TFDS data set {info.tfds_name!r} (version {builder.version}) is not '
@@ -117,10 +41,10 @@ def _missing_data_error(info: DatasetInfo,
 
 
 def _builder(config: ml_collections.ConfigDict,
-             info: DatasetInfo) -> tfds.core.DatasetBuilder:
+             info: dataset_info.DatasetInfo) -> tfds.core.DatasetBuilder:
   # data_dir=None lets TFDS pick its default, which honours TFDS_DATA_DIR.
   builder = tfds.builder(info.tfds_name, data_dir=config.dataset.data_dir)
-  if info.tfds_name in _LOCAL_BUILDS:
+  if info.local_build:
     # Needs no network; a no-op when the data set is already there.
     builder.download_and_prepare()
   return builder
@@ -129,17 +53,19 @@ def _builder(config: ml_collections.ConfigDict,
 def check_data_available(config: ml_collections.ConfigDict) -> None:
   """Raises DataNotFoundError unless the configured data set can be read.
 
-  Cheap (it looks at the data directory only), so drivers call it before
-  creating a workdir or compiling anything. Local builds (digits) are built
-  here if missing.
+  Cheap (it looks at the data directory only) and writes nothing, so drivers
+  call it before creating a workdir or compiling anything. Local builds
+  (digits) need no download: they are built on first use.
   """
-  info = _validate_config(config)
-  builder = _builder(config, info)
+  info = dataset_info.get(config.dataset.name)
+  if info.local_build:
+    return
+  builder = tfds.builder(info.tfds_name, data_dir=config.dataset.data_dir)
   if not builder.is_prepared():
     raise _missing_data_error(info, builder)
 
 
-def _to_square(image: tf.Tensor, info: DatasetInfo) -> tf.Tensor:
+def _to_square(image: tf.Tensor, info: dataset_info.DatasetInfo) -> tf.Tensor:
   """Central square crop of a decoded image, resized to image_size, uint8."""
   if info.resize is None:
     return image
@@ -162,7 +88,7 @@ def _deterministic_options() -> tf.data.Options:
   return options
 
 
-def _read_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo,
+def _read_split(builder: tfds.core.DatasetBuilder, info: dataset_info.DatasetInfo,
                 split) -> tf.data.Dataset:
   """Examples of `split` in file order: {'image': uint8, 'label': int32}."""
   read_config = tfds.ReadConfig(
@@ -226,13 +152,38 @@ def create_train_iterator(
     H, W, C] in [-1, 1], 'label': int32 [local_device_count,
     per_device_batch]}.
   """
-  info = _validate_config(config)
+  info = dataset_info.get(config.dataset.name)
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
     process_count = jax.process_count()
   if local_device_count is None:
     local_device_count = jax.local_device_count()
+  _check_batch(batch_size, process_count, local_device_count, start_step)
+  host_batch = batch_size // process_count
+  seed = config.seed if seed is None else seed
+  examples, num_examples = _process_examples(config, info, process_index,
+                                             process_count)
+  ds = _stream(examples, num_examples, config, info, seed, process_index,
+               start_step * host_batch)
+  ds = _device_batches(ds, info, host_batch, local_device_count)
+  ds = ds.prefetch(config.dataset.prefetch)
+  ds = ds.with_options(_deterministic_options())
+  batches = tfds.as_numpy(ds)
+  # Integer images (all of our TFDS data sets) cannot hold NaN or Inf; only
+  # a float source (e.g. a custom builder) is checked, on the host batch.
+  if not examples.element_spec['image'].dtype.is_floating:
+    return iter(batches)
+  return _finite_batches(batches, config.dataset.name, start_step)
+
+
+def iterator_factory(config, batch_size, seed):
+  """start_step -> create_train_iterator(config, ...): a stage's data."""
+  return lambda start_step: create_train_iterator(
+      config, batch_size=batch_size, start_step=start_step, seed=seed)
+
+
+def _check_batch(batch_size, process_count, local_device_count, start_step):
   num_shards = process_count * local_device_count
   if batch_size <= 0 or batch_size % num_shards:
     raise ValueError(
@@ -242,10 +193,10 @@ def create_train_iterator(
         f'multiple of {num_shards}.')
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  host_batch = batch_size // process_count
-  if seed is None:
-    seed = config.seed
 
+
+def _process_examples(config, info, process_index, process_count):
+  """(examples of this process's split, cached if small; their number)."""
   builder = _builder(config, info)
   split = tfds.split_for_jax_process(
       'train', process_index=process_index, process_count=process_count)
@@ -260,7 +211,12 @@ def create_train_iterator(
   image_bytes = info.image_size**2 * info.channels
   if num_examples * image_bytes <= _MAX_CACHE_BYTES:
     examples = examples.cache()
+  return examples, num_examples
 
+
+def _stream(examples, num_examples, config, info, seed, process_index,
+            first_example):
+  """The endless, reshuffled-per-epoch stream from example `first_example`."""
   shuffle_key = _derive_seed(seed, process_index, 0)
   flip_key = _derive_seed(seed, process_index, 1)
   shuffle_buffer = max(1, min(config.dataset.shuffle_buffer, num_examples))
@@ -276,11 +232,9 @@ def create_train_iterator(
   # [k * host_batch, (k + 1) * host_batch) of the endless stream. Resuming
   # starts at the right epoch but must still read up to one epoch to skip to
   # the right position inside it.
-  first_example = start_step * host_batch
   first_epoch, skip = divmod(first_example, num_examples)
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
   ds = ds.flat_map(epoch).skip(skip).enumerate(start=first_example)
-
   random_flip = config.dataset.random_flip and info.allows_flip
 
   def place(position, example):
@@ -292,28 +246,22 @@ def create_train_iterator(
                       lambda: image)
     return {'image': image, 'label': example['label']}
 
-  ds = ds.map(place, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(host_batch, drop_remainder=True)
+  return ds.map(place, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+
+def _device_batches(ds, info, host_batch, local_device_count):
+  """Host batches in [-1, 1], reshaped to [devices, per-device batch, ...]."""
+  ds = ds.batch(host_batch, drop_remainder=True)
   per_device_batch = host_batch // local_device_count
-  image_shape = (local_device_count, per_device_batch, info.image_size,
-                 info.image_size, info.channels)
+  image_shape = (local_device_count, per_device_batch) + info.image_shape
 
   def to_model_input(batch):
     image = tf.cast(batch['image'], tf.float32) / 127.5 - 1.0
     return {'image': tf.reshape(image, image_shape),
             'label': tf.reshape(batch['label'], image_shape[:2])}
 
-  ds = ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  ds = ds.prefetch(config.dataset.prefetch)
-  ds = ds.with_options(_deterministic_options())
-  batches = tfds.as_numpy(ds)
-  # Integer images (all of our TFDS data sets) cannot hold NaN or Inf; only
-  # a float source (e.g. a custom builder) is checked, on the host batch.
-  if not examples.element_spec['image'].dtype.is_floating:
-    return iter(batches)
-  return _finite_batches(batches, config.dataset.name, start_step)
+  return ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
 
 
 def _finite_batches(batches, name, start_step):
@@ -329,7 +277,7 @@ def load_all_images(config: ml_collections.ConfigDict,
   Holds everything in memory: meant for small data sets (digits) in
   evaluation.
   """
-  info = _validate_config(config)
+  info = dataset_info.get(config.dataset.name)
   builder = _builder(config, info)
   ds = _read_split(builder, info, split).batch(4096)
   batches = [batch['image'] for batch in tfds.as_numpy(ds)]

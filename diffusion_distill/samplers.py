@@ -1,4 +1,4 @@
-"""Sampling loops (PAPER.md section 5) as lax loops.
+"""Sampling loops (docs/method.md, section 5) as lax loops.
 
 A sampler takes `x_hat_fn(z, logsnr) -> x_hat` and starts from z_1 ~ N(0, I)
 on the grid t_i = i/N. The number of steps is a traced value, so one compiled
@@ -9,6 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_distill import diffusion
+
+# The sampling methods: deterministic DDIM, ancestral (the teacher's noisy
+# sampler) and the stochastic sampler for distilled models.
+SAMPLERS = ('ddim', 'ancestral', 'stochastic')
 
 
 def model_x_hat_fn(model_fn, params, mean_type, labels=None, clip_x=True):
@@ -68,7 +72,7 @@ def ancestral_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng,
 
 
 def stochastic_sample(x_hat_fn, z_init, num_steps, logsnr_fn, rng):
-  """The stochastic sampler for distilled models (PAPER.md section 5).
+  """The stochastic sampler for distilled models (docs/method.md, section 5).
 
   Each step from t = i/N takes a DDIM step of twice the length, to
   (i-2)/N (clipped at 0), then re-noises with the forward process back to

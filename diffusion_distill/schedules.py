@@ -1,8 +1,10 @@
-"""logSNR schedules (PAPER.md section 1).
+"""logSNR schedules (docs/method.md, section 1).
 
 A schedule maps continuous time t in [0, 1] to logSNR lambda_t, decreasing
 from logsnr_max at t=0 to logsnr_min at t=1. Everything else (alpha, sigma,
 SNR) is derived from lambda, so samplers and losses only ever see logsnr.
+`logsnr_schedule` is the one place where a schedule is chosen: the losses
+and the samplers both get their t -> logsnr function from it.
 """
 
 import jax.numpy as jnp
@@ -28,11 +30,18 @@ def alpha_sigma(logsnr):
       jnp.reciprocal(1. + jnp.exp(logsnr)))
 
 
+# config.schedule.name -> t -> logsnr of (t, logsnr_min, logsnr_max).
+SCHEDULES = {'cosine': cosine_logsnr}
+
+
+def logsnr_schedule(name, logsnr_min, logsnr_max):
+  """The t -> logsnr function of a schedule (names are checked in config_checks)."""
+  schedule = SCHEDULES[name]
+  lo, hi = float(logsnr_min), float(logsnr_max)
+  return lambda t: schedule(t, lo, hi)
+
+
 def get_logsnr_fn(schedule_config):
   """Returns t -> logsnr for a `config.schedule` section."""
-  name = schedule_config.get('name', 'cosine')
-  if name != 'cosine':
-    raise ValueError(
-        f"config.schedule.name={name!r} is not known; use 'cosine'.")
-  lo, hi = float(schedule_config.logsnr_min), float(schedule_config.logsnr_max)
-  return lambda t: cosine_logsnr(t, lo, hi)
+  return logsnr_schedule(schedule_config.get('name', 'cosine'),
+                         schedule_config.logsnr_min, schedule_config.logsnr_max)

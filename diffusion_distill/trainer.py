@@ -1,19 +1,21 @@
-"""The pmapped train step and the loop for ONE stage (the teacher, or one round).
+"""The train step and the loop of ONE stage (the teacher, or one round).
 
 The step is pure: `(state, batch, *extra) -> (state, metrics)`, where `extra`
 holds arrays broadcast to every device, such as a distillation teacher's
-parameters. It is pmapped over all local devices and its gradients are
-averaged over the device axis. The loop around it owns data, logging,
-sample grids and checkpoints, and resumes from the stage's latest checkpoint.
+parameters. It is pmapped over all local devices, its gradients averaged over
+the device axis; `steps_per_dispatch` steps may run in one call (a loop
+over that many batches on the device). The stage's driver builds the compiled step
+(`make_step`) once and hands it to every stage that shares it. The loop owns
+data, logging, sample grids and checkpoints, and resumes from the stage's
+latest checkpoint.
 """
 
 import dataclasses
 import functools
-import os
+import logging
 import time
 from typing import Any, Callable, Optional
 
-from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import flax.jax_utils
@@ -23,11 +25,14 @@ import numpy as np
 import optax
 
 from diffusion_distill import checkpoints
+from diffusion_distill import images
 from diffusion_distill import inference
 from diffusion_distill import preemption
+from diffusion_distill import layout
 from diffusion_distill.train_state import TrainState
 
 AXIS = 'batch'
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -90,58 +95,138 @@ def train_step(state: TrainState, batch, *extra, loss_fn, optimizer,
   return new_state, metrics
 
 
+def _steps(state, batches, num_steps, extra, *, step_fn):
+  """`num_steps` updates, one per entry of `batches`' leading axis.
+
+  A while loop whose trip count is an argument: XLA cannot see it, so the
+  loop body compiles the same whatever the number of batches, and k steps
+  per call give the same state, bit for bit, for every k > 1.
+  """
+  def body(i, carry):
+    state, metrics = carry
+    batch = jax.tree.map(
+        lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False), batches)
+    state, m = step_fn(state, batch, *extra)
+    metrics = jax.tree.map(lambda buf, v: buf.at[i].set(v), metrics, m)
+    return state, metrics
+
+  k = jax.tree.leaves(batches)[0].shape[0]
+  shapes = jax.eval_shape(
+      step_fn, state, jax.tree.map(lambda b: b[0], batches), *extra)[1]
+  metrics = jax.tree.map(lambda m: jnp.zeros((k,) + m.shape, m.dtype), shapes)
+  return jax.lax.fori_loop(0, num_steps, body, (state, metrics))
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """A compiled step and what it was built from.
+
+  Called as `step(state, batches, extra) -> (state, metrics)` on replicated
+  arrays. With `steps_per_dispatch` k = 1, `batches` is one batch per device
+  and `fn` the pmapped train_step; with k > 1 each device's batches have a
+  leading axis of k and the metrics one entry per step. `single` is one step
+  on one device, unmapped.
+  """
+  fn: Callable
+  optimizer: optax.GradientTransformation
+  learning_rate_fn: Callable
+  steps_per_dispatch: int
+  single: Callable
+
+  def __call__(self, state, batches, extra):
+    if self.steps_per_dispatch == 1:
+      return self.fn(state, batches, *extra)
+    return self.fn(state, batches, np.int32(self.steps_per_dispatch), extra)
+
+  def flops(self, params, batch, *extra):
+    """XLA's FLOP count of one step on `batch` (arrays or ShapeDtypeStructs)
+    on one device: the step is lowered, not run. None if XLA gives none."""
+    state = jax.eval_shape(
+        lambda p: TrainState.create(p, self.optimizer, jax.random.PRNGKey(0)),
+        params)
+    lead = lambda x: jax.ShapeDtypeStruct((1,) + tuple(np.shape(x)),
+                                          jnp.result_type(x))
+    mapped = jax.vmap(self.single, axis_name=AXIS)
+    lowered = jax.jit(mapped).lower(*jax.tree.map(
+        lead, (state, batch) + tuple(extra)))
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = (cost or {}).get('flops')
+    return float(flops) if flops and flops > 0 else None
+
+
+def make_step(loss_fn, optimizer, learning_rate_fn, *, ema_decay,
+              skip_nonfinite=True, steps_per_dispatch=1, devices=None):
+  """The pmapped train step: build it once and share it between stages.
+
+  Stages that share a Step (distillation rounds of the same length) share
+  its compiled program. `devices` defaults to all local devices. With
+  `steps_per_dispatch` k > 1, one call runs k steps in a loop on the device
+  (for accelerators, where a call's fixed cost is large next to a small
+  step). XLA compiles a loop body apart from straight-line code, so k > 1
+  and k = 1 agree to float rounding, not bit for bit.
+  """
+  single = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
+                             ema_decay=ema_decay,
+                             skip_nonfinite=skip_nonfinite)
+  if steps_per_dispatch == 1:
+    fn = jax.pmap(single, axis_name=AXIS, donate_argnums=(0,),
+                  devices=devices)
+  else:
+    fn = jax.pmap(functools.partial(_steps, step_fn=single), axis_name=AXIS,
+                  in_axes=(0, 0, None, 0), donate_argnums=(0,),
+                  devices=devices)
+  return Step(fn=fn, optimizer=optimizer, learning_rate_fn=learning_rate_fn,
+              steps_per_dispatch=steps_per_dispatch, single=single)
+
+
+@dataclasses.dataclass(frozen=True)
+class Periodic:
+  """How often the loop logs, saves and draws sample grids (in steps)."""
+  log_every_steps: int = 100
+  checkpoint_every_steps: int = 1000
+  sample_every_steps: int = 0
+  num_grid_samples: int = 64
+  max_nonfinite_in_a_row: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """Where a stage stands among several (distillation's rounds), in steps."""
+  done_before: int
+  total: int
+  label: str
+
+
 @dataclasses.dataclass
 class Stage:
   """What one stage trains and where it writes.
 
+  `directory` is the stage's directory of the workdir (workdir.py's layout).
   `meta` is stored with every checkpoint (e.g. num_sample_steps). `extra` is
   a tuple of host pytrees given to the step on every device (the teacher's
   parameters in a distillation round). `sampler` draws the periodic grids
-  (its params are replaced by the current EMA parameters).
+  (its params are replaced by the current EMA parameters). `progress`
+  places the stage among several, for the overall percentage and ETA.
   """
   name: str
-  workdir: str
+  directory: str
   num_steps: int
-  loss_fn: Callable
-  optimizer: optax.GradientTransformation
-  learning_rate_fn: Callable
-  ema_decay: float
+  step: Step
   init_params: Any
   rng: Any
   make_iterator: Callable[[int], Any]
   meta: dict
   sampler: inference.Sampler
   grid_num_steps: int
+  periodic: Periodic
   extra: tuple = ()
-  log_every_steps: int = 100
-  checkpoint_every_steps: int = 1000
-  sample_every_steps: int = 0
-  num_grid_samples: int = 64
-  skip_nonfinite: bool = True
-  max_nonfinite_in_a_row: int = 100
-  # Called after each completed step with the host step number (tests use it
-  # to simulate a crash at a chosen step).
+  progress: Optional[Progress] = None
+  # Written to TensorBoard when the stage starts (its HParams tab).
+  hparams: Optional[dict] = None
+  # Called after each dispatch with the host step number (tests use it to
+  # simulate a crash at a chosen step).
   step_hook: Optional[Callable[[int], None]] = None
-
-
-_P_STEPS = {}
-
-
-def pmapped_step(stage: Stage, devices=None):
-  """The stage's train_step, pmapped over `devices` (default: all local).
-
-  One pmapped function per (loss, optimizer, ...) pair, so stages that share
-  them (distillation rounds of the same length) share its compiled program.
-  """
-  key = (stage.loss_fn, stage.optimizer, stage.ema_decay,
-         stage.skip_nonfinite, None if devices is None else tuple(devices))
-  if key not in _P_STEPS:
-    _P_STEPS[key] = jax.pmap(
-        functools.partial(train_step, loss_fn=stage.loss_fn,
-                          optimizer=stage.optimizer, ema_decay=stage.ema_decay,
-                          skip_nonfinite=stage.skip_nonfinite),
-        axis_name=AXIS, donate_argnums=(0,), devices=devices)
-  return _P_STEPS[key]
 
 
 def _first_local(x):
@@ -155,14 +240,136 @@ def _unreplicate(tree):
 
 
 def _write_grid(stage, writer, step, ema_params):
-  images = stage.sampler.with_params(ema_params).sample(jax.random.PRNGKey(0), stage.num_grid_samples,
-                    num_steps=stage.grid_num_steps)
-  grid = inference.image_grid(images)
+  samples = stage.sampler.with_params(ema_params).sample(
+      jax.random.PRNGKey(0), stage.periodic.num_grid_samples,
+      num_steps=stage.grid_num_steps)
+  grid = images.upscale(images.image_grid(samples))
   if jax.process_index() == 0:
-    inference.save_png(
-        os.path.join(stage.workdir, 'samples', f'step_{step:08d}.png'), grid)
+    images.save_png(layout.sample_grid_path(stage.directory, step), grid)
   writer.write_images(step, {f'samples_{stage.grid_num_steps}steps':
                              grid[None]})
+
+
+def _stacked(batches, k):
+  """Groups every k batches into one, stacked along axis 1 (after devices)."""
+  while True:
+    group = [next(batches) for _ in range(k)]
+    yield jax.tree.map(lambda *b: np.stack(b, axis=1), *group)
+
+
+def _batches(stage, start):
+  """Device batches from step `start`: per dispatch, k steps' batches."""
+  batches = stage.make_iterator(start)
+  if stage.step.steps_per_dispatch > 1:
+    batches = _stacked(batches, stage.step.steps_per_dispatch)
+  return flax.jax_utils.prefetch_to_device(batches, 2)
+
+
+def _restore(stage, ckpt):
+  """(state, first step): the latest usable checkpoint, or a fresh state."""
+  state = TrainState.create(stage.init_params, stage.step.optimizer, stage.rng)
+  if ckpt.latest_step() is None:
+    return state, 0
+  # The step restored, not the latest on disk: an unusable latest
+  # checkpoint is skipped (and moved aside) for the one before it.
+  state, _, start = ckpt.restore(state)
+  log.info('%s: resuming from step %d', stage.name, start)
+  k = stage.step.steps_per_dispatch
+  if start % k and start < stage.num_steps:
+    raise checkpoints.CheckpointError(
+        f'{stage.name}: the checkpoint at step {start} in {ckpt.directory} is '
+        f'not a multiple of train.steps_per_dispatch={k}: resume with a '
+        f'train.steps_per_dispatch that divides {start}')
+  return state, start
+
+
+class _ProgressLog:
+  """One log line per logging step: the stage's and the overall progress."""
+
+  def __init__(self, stage, start):
+    self.stage, self.start, self.t0 = stage, start, time.time()
+
+  def line(self, step, scalars):
+    rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
+    p = self.stage.progress
+    if p is None:
+      where, remaining = '', self.stage.num_steps - step
+    else:
+      done = p.done_before + step
+      where = f' ({p.label}, {100. * done / p.total:.1f}% of all)'
+      remaining = p.total - done
+    log.info('%s: step %d/%d%s, loss %.5g, %.2f steps/s, ETA %s',
+             self.stage.name, step, self.stage.num_steps, where,
+             scalars['loss'], rate, _duration(remaining / rate if rate > 0
+                                              else float('inf')))
+
+
+def _duration(seconds):
+  if not np.isfinite(seconds):
+    return '?'
+  minutes, s = divmod(int(round(seconds)), 60)
+  hours, m = divmod(minutes, 60)
+  return f'{hours}h{m:02d}m' if hours else f'{m}m{s:02d}s'
+
+
+def _log_metrics(stage, writer, progress, step, pending):
+  host = _unreplicate(pending)  # One transfer for all pending dispatches.
+  per_step = {k: np.concatenate([np.reshape(m[k], (-1,)) for m in host])
+              for k in host[0]}
+  scalars = {k: float(np.mean(v)) for k, v in per_step.items()}
+  scalars['nonfinite_updates'] = float(np.sum(per_step['nonfinite_updates']))
+  scalars['learning_rate'] = float(stage.step.learning_rate_fn(step - 1))
+  writer.write_scalars(step, scalars)
+  progress.line(step, scalars)
+
+
+def _check_finite_run(stage, state_r, step, directory):
+  limit = stage.periodic.max_nonfinite_in_a_row
+  in_a_row = int(_unreplicate(state_r.nonfinite_in_a_row))
+  if limit and in_a_row >= limit:
+    raise NonFiniteError(
+        f'{stage.name}: {in_a_row} consecutive updates had a non-finite '
+        f'loss or gradient at step {step}; the last checkpoint in '
+        f'{directory} is intact. Lower the learning rate or check the data.')
+
+
+def _train(stage, ckpt, state, start, writer):
+  """The loop from `start` to the last step; returns the replicated state."""
+  p = stage.periodic
+  k = stage.step.steps_per_dispatch
+  state_r = flax.jax_utils.replicate(state)
+  extra_r = flax.jax_utils.replicate(stage.extra)
+  batches = _batches(stage, start)
+  report = periodic_actions.ReportProgress(num_train_steps=stage.num_steps,
+                                           writer=writer)
+  progress, pending = _ProgressLog(stage, start), []
+  for step in range(start + k, stage.num_steps + 1, k):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state_r, metrics = stage.step(state_r, next(batches), extra_r)
+    pending.append(metrics)
+    if step == start + k:  # Compilation included: a sign of life for launchers.
+      jax.block_until_ready(metrics)
+      log.info('%s: first step done (step %d), %.1f s after the start',
+               stage.name, step, time.time() - progress.t0)
+    report(step)
+    if itstime(step, p.log_every_steps, stage.num_steps):
+      _log_metrics(stage, writer, progress, step, pending)
+      pending = []
+      _check_finite_run(stage, state_r, step, ckpt.directory)
+    saved = itstime(step, p.checkpoint_every_steps, stage.num_steps)
+    if saved:
+      ckpt.save(step, _unreplicate(state_r), stage.meta)
+    if preemption.requested():
+      if not saved:
+        ckpt.save(step, _unreplicate(state_r), stage.meta)
+      raise preemption.Preempted(
+          f'{stage.name}: stopped after step {step} on SIGTERM, checkpoint '
+          f'saved in {ckpt.directory}; run the same command to resume')
+    if itstime(step, p.sample_every_steps, stage.num_steps):
+      _write_grid(stage, writer, step, _unreplicate(state_r.ema_params))
+    if stage.step_hook is not None:
+      stage.step_hook(step)
+  return state_r
 
 
 def run_stage(stage: Stage):
@@ -170,66 +377,23 @@ def run_stage(stage: Stage):
 
   Returns the final TrainState as host arrays.
   """
-  ckpt = checkpoints.Checkpointer(os.path.join(stage.workdir, 'checkpoints'))
-  state = TrainState.create(stage.init_params, stage.optimizer, stage.rng)
-  start = 0
-  if ckpt.latest_step() is not None:
-    # The step restored, not the latest on disk: an unusable latest
-    # checkpoint is skipped (and moved aside) for the one before it.
-    state, _, start = ckpt.restore(state)
-    logging.info('%s: resuming from step %d', stage.name, start)
-  if start >= stage.num_steps:
-    ckpt.close()
-    return state
-
-  writer = metric_writers.create_default_writer(
-      stage.workdir, just_logging=jax.process_index() > 0)
-  p_step = pmapped_step(stage)
-  state_r = flax.jax_utils.replicate(state)
-  extra_r = flax.jax_utils.replicate(stage.extra)
-  batches = flax.jax_utils.prefetch_to_device(stage.make_iterator(start), 2)
-  report = periodic_actions.ReportProgress(
-      num_train_steps=stage.num_steps, writer=writer)
-  pending = []
-  t0 = time.time()
-  for step in range(start + 1, stage.num_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state_r, metrics = p_step(state_r, next(batches), *extra_r)
-    pending.append(metrics)
-    report(step)
-    if itstime(step, stage.log_every_steps, stage.num_steps):
-      host = _unreplicate(pending)  # One transfer for all pending steps.
-      scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-      scalars['nonfinite_updates'] *= len(host)
-      scalars['learning_rate'] = float(stage.learning_rate_fn(step - 1))
-      writer.write_scalars(step, scalars)
-      pending = []
-      in_a_row = int(_unreplicate(state_r.nonfinite_in_a_row))
-      if stage.max_nonfinite_in_a_row and (
-          in_a_row >= stage.max_nonfinite_in_a_row):
-        raise NonFiniteError(
-            f'{stage.name}: {in_a_row} consecutive updates had a non-finite '
-            f'loss or gradient at step {step}; the last checkpoint in '
-            f'{ckpt.directory} is intact. Lower the learning rate or check '
-            'the data.')
-    saved = itstime(step, stage.checkpoint_every_steps, stage.num_steps)
-    if saved:
-      ckpt.save(step, _unreplicate(state_r), stage.meta)
-    if preemption.requested():
-      if not saved:
-        ckpt.save(step, _unreplicate(state_r), stage.meta)
+  ckpt = checkpoints.Checkpointer(layout.checkpoint_dir(stage.directory))
+  try:
+    state, start = _restore(stage, ckpt)
+    if start >= stage.num_steps:
+      return state
+    writer = metric_writers.create_default_writer(
+        stage.directory, just_logging=jax.process_index() > 0)
+    if stage.hparams and start == 0:
+      writer.write_hparams(stage.hparams)
       writer.flush()
-      ckpt.close()
-      raise preemption.Preempted(
-          f'{stage.name}: stopped after step {step} on SIGTERM, checkpoint '
-          f'saved in {ckpt.directory}; run the same command to resume')
-    if itstime(step, stage.sample_every_steps, stage.num_steps):
-      _write_grid(stage, writer, step, _unreplicate(state_r.ema_params))
-    if stage.step_hook is not None:
-      stage.step_hook(step)
-  writer.flush()
-  logging.info('%s: %d steps in %.1f s', stage.name, stage.num_steps - start,
-               time.time() - t0)
-  final = _unreplicate(state_r)
-  ckpt.close()
-  return final
+    t0 = time.time()
+    try:
+      state_r = _train(stage, ckpt, state, start, writer)
+    finally:
+      writer.flush()
+    log.info('%s: %d steps in %.1f s', stage.name, stage.num_steps - start,
+             time.time() - t0)
+    return _unreplicate(state_r)
+  finally:
+    ckpt.close()

@@ -21,5 +21,5 @@ def digits_dir(tmp_path_factory):
   config = base.get_config()
   config.dataset.name = 'digits'
   config.dataset.data_dir = data_dir
-  input_pipeline.check_data_available(config)
+  input_pipeline.load_all_images(config)  # Builds it (offline).
   return data_dir

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_distill import distill, inference, input_pipeline, models
-from diffusion_distill import validation
+from diffusion_distill import config_checks, distill, input_pipeline, layout
+from diffusion_distill import models
 
 CONFIGS = ('digits', 'digits_teacher', 'digits_distill', 'cifar10_teacher',
            'cifar10_distill', 'imagenet64_teacher', 'imagenet64_distill',
@@ -33,7 +33,8 @@ def _load(name):
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_is_valid_and_documented(name):
   config = _load(name)
-  validation.validate_config(config, num_devices=8)
+  config_checks.check_config(config, schema=_load('base'))
+  config_checks.check_batch_divides(config, 8, 8)
   doc = importlib.import_module(f'configs.{name}').__doc__
   assert f'--config=configs/{name}.py' in doc
 
@@ -41,7 +42,7 @@ def test_config_is_valid_and_documented(name):
 @pytest.mark.parametrize('name', [n for n in CONFIGS if 'digits' not in n])
 def test_paper_configs_build_the_paper_networks(name):
   config = _load(name)
-  shapes = inference.abstract_params(models.create_model(config), config)
+  shapes = models.abstract_params(models.create_model(config), config)
   count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
   assert count == PAPER_PARAMS[config.dataset.name]
 
@@ -70,7 +71,7 @@ def test_cifar10_distill_through_main_on_mock_data(tmp_path, monkeypatch):
   config.model.ch_mult, config.model.num_res_blocks = (1,), 1
   config.model.attn_resolutions = (32,)
   model = models.create_model(config)
-  params = inference.init_params(model, config, jax.random.PRNGKey(0))
+  params = models.init_params(model, config, jax.random.PRNGKey(0))
   teacher = str(tmp_path / 'cifar_original')
   with open(teacher, 'wb') as f:
     f.write(flax.serialization.msgpack_serialize(
@@ -81,7 +82,8 @@ def test_cifar10_distill_through_main_on_mock_data(tmp_path, monkeypatch):
   monkeypatch.setattr(input_pipeline, 'check_data_available', lambda c: None)
   argv = ['main.py', '--config=configs/cifar10_distill.py',
           f'--workdir={workdir}',
-          f'--config.distill.teacher_checkpoint={teacher}', *overrides]
+          f'--config.distill.teacher_checkpoint={teacher}', '--allow_cpu',
+          *overrides]
   # config_flags reads --config.* overrides from sys.argv when main.py
   # defines its flags, so main.py runs as a script here, as from a shell.
   monkeypatch.setattr(sys, 'argv', argv)
@@ -90,8 +92,91 @@ def test_cifar10_distill_through_main_on_mock_data(tmp_path, monkeypatch):
       runpy.run_path(os.path.join(REPO, 'main.py'), run_name='__main__')
   assert exit_info.value.code in (None, 0)
   for n in (2, 1):  # rounds ending at 2 and 1 steps are doubled: 2 x 2
-    assert os.path.isdir(os.path.join(distill.round_dir(workdir, n),
+    assert os.path.isdir(os.path.join(layout.round_dir(workdir, n),
                                       'checkpoints', '4'))
-  sampler = inference.load_sampler(workdir)
+  sampler = layout.load_sampler(workdir)
   assert sampler.num_steps == 1
   assert sampler.sample(jax.random.PRNGKey(1), 2).shape == (2, 32, 32, 3)
+
+
+# docs/method.md, section 6: the paper's table, field by field.
+PAPER_TABLE = {
+    'cifar10': dict(
+        model=dict(ch=256, emb_ch=1024, ch_mult=(1, 1, 1), num_res_blocks=3,
+                   attn_resolutions=(8, 16), num_heads=1, head_dim=None,
+                   dropout=0.2, mean_type='x', loss_weighting='snr_trunc',
+                   resblock_resample=True),
+        train=dict(batch_size=128, learning_rate=2e-4, warmup_steps=1000,
+                   weight_decay=1e-3, ema_decay=0.9999, grad_clip=1.0),
+        distill=dict(start_num_steps=8192, end_num_steps=1, batch_size=128,
+                     learning_rate=5e-5, steps_per_round=50_000,
+                     last_rounds_multiplier=2, long_rounds_max_steps=2,
+                     grad_clip=1.0),
+        dataset=dict(class_conditional=False)),
+    'imagenet64': dict(
+        model=dict(ch=192, emb_ch=768, ch_mult=(1, 2, 3, 4), num_res_blocks=3,
+                   attn_resolutions=(8, 16, 32), head_dim=64, dropout=0.1,
+                   mean_type='both', loss_weighting='snr_trunc',
+                   resblock_resample=True),
+        train=dict(batch_size=2048, learning_rate=3e-4, warmup_steps=1000,
+                   weight_decay=0.0, ema_decay=0.9999),
+        distill=dict(start_num_steps=1024, end_num_steps=1, batch_size=2048,
+                     learning_rate=1e-4, steps_per_round=50_000,
+                     last_rounds_multiplier=2, long_rounds_max_steps=2),
+        dataset=dict(class_conditional=True)),
+    'lsun_church128': dict(
+        model=dict(ch=64, emb_ch=768, ch_mult=(1, 2, 4, 6, 8),
+                   num_res_blocks=3, attn_resolutions=(8, 16, 32),
+                   head_dim=64, dropout=0.1, mean_type='both',
+                   loss_weighting='snr_trunc', resblock_resample=True),
+        train=dict(batch_size=2048, learning_rate=3e-4, warmup_steps=1000,
+                   weight_decay=0.0, ema_decay=0.9999),
+        distill=dict(start_num_steps=1024, end_num_steps=1, batch_size=2048,
+                     learning_rate=1e-4, steps_per_round=50_000,
+                     last_rounds_multiplier=2, long_rounds_max_steps=2),
+        dataset=dict(class_conditional=False)),
+}
+PAPER_TABLE['lsun_bedroom128'] = PAPER_TABLE['lsun_church128']
+
+
+@pytest.mark.parametrize('name', [n for n in CONFIGS if 'digits' not in n])
+def test_paper_configs_hold_the_papers_values(name):
+  config = _load(name)
+  want = PAPER_TABLE[config.dataset.name]
+  for section, fields in want.items():
+    for field, value in fields.items():
+      got = config[section][field]
+      got = tuple(got) if isinstance(got, (list, tuple)) else got
+      assert got == value, (name, f'{section}.{field}', got, value)
+  assert (config.schedule.logsnr_min, config.schedule.logsnr_max) == (-20, 20)
+  assert config.stages == (('distill',) if name.endswith('_distill') else
+                           ('teacher',))
+
+
+def _assigned_fields(name):
+  """The config.a.b fields a config file's get_config assigns."""
+  import ast  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, 'configs', f'{name}.py')) as f:
+    tree = ast.parse(f.read())
+  return [ast.unparse(t) for node in ast.walk(tree)
+          if isinstance(node, ast.Assign) for t in node.targets
+          if ast.unparse(t).startswith('config.')]
+
+
+@pytest.mark.parametrize('name', [n for n in CONFIGS])
+def test_configs_set_only_what_differs_from_their_parent(name):
+  """Each assignment in a config file changes its parent's value."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f'configs.{name}')
+  parents = [m for m in vars(module).values()
+             if isinstance(m, type(module)) and hasattr(m, 'get_config')]
+  assert len(parents) == 1, name
+  parent, config = parents[0].get_config(), _load(name)
+  restated = []
+  for field in _assigned_fields(name):
+    old, new = parent, config
+    for part in field.split('.')[1:]:
+      old, new = old[part], new[part]
+    if old == new:
+      restated.append(f'{field}={new!r}')
+  assert not restated, f'configs/{name}.py restates {restated}'

@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion_distill import checkpoints, diffusion, distill, inference
-from diffusion_distill import load_sampler, losses, models, schedules
-from diffusion_distill import trainer, validation
+from diffusion_distill import checkpoints, config_checks, diffusion, distill
+from diffusion_distill import layout, load_sampler, losses, models, schedules
+from diffusion_distill import teacher as teacher_lib
 from tests import gaussian, tiny
 
 
@@ -84,15 +84,11 @@ def test_distill_loss_is_zero_when_the_student_matches_the_target():
 
 
 def test_eps_is_refused_for_distillation(digits_dir):
-  with pytest.raises(ValueError, match='eps'):
-    losses.distill_loss({}, {}, {'image': jnp.zeros((1, 2))},
-                        jax.random.PRNGKey(0), model_fn=None, mean_type='eps',
-                        weighting='snr', logsnr_fn=_logsnr_fn,
-                        num_student_steps=2)
   config = tiny.tiny_config(digits_dir, **{'model.mean_type': 'eps'})
+  config_checks.check_config(config)  # A teacher may predict eps.
   config.stages = ('distill',)
-  with pytest.raises(validation.ConfigError, match='model.mean_type'):
-    validation.validate_config(config, num_devices=4)
+  with pytest.raises(config_checks.ConfigError, match='model.mean_type'):
+    config_checks.check_config(config)
 
 
 def test_round_plan():
@@ -127,7 +123,7 @@ def teacher_file(digits_dir, tmp_path_factory):
   """An untrained but non-trivial tiny teacher in the paper's format."""
   config = tiny.tiny_config(digits_dir)
   model = models.create_model(config)
-  params = inference.init_params(model, config, jax.random.PRNGKey(3))
+  params = models.init_params(model, config, jax.random.PRNGKey(3))
   rs = np.random.RandomState(0)
   params = jax.tree.map(
       lambda a: (a + 0.05 * rs.normal(size=a.shape)).astype(np.float32),
@@ -156,8 +152,9 @@ def straight_run(digits_dir, teacher_file, tmp_path_factory):
 def test_paper_checkpoint_loads(digits_dir, teacher_file):
   path, params = teacher_file
   config = _distill_config(digits_dir, path)
-  loaded, num_steps = distill.load_teacher(config, '/nonexistent')
-  assert num_steps == 8
+  teacher = teacher_lib.resolve(config, '/nonexistent')
+  loaded = teacher_lib.load(teacher)
+  assert teacher.num_sample_steps == 8 and teacher.checkpoint_dir is None
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
 
@@ -167,18 +164,18 @@ def test_other_architecture_is_named(digits_dir, teacher_file):
   config.model.emb_ch = 64
   with pytest.raises(checkpoints.CheckpointError,
                      match=r'dense0/bias has shape \(32,\) but config.model gives \(64,\)'):
-    distill.load_teacher(config, '/nonexistent')
+    teacher_lib.resolve(config, '/nonexistent')
 
 
 def test_run_from_8_to_1_leaves_students(straight_run, teacher_file):
   workdir, final = straight_run
   for n in (4, 2, 1):
-    d = os.path.join(distill.round_dir(workdir, n), 'checkpoints')
+    d = os.path.join(layout.round_dir(workdir, n), 'checkpoints')
     ckpt = checkpoints.Checkpointer(d)
     assert ckpt.latest_step() == 4
     meta = ckpt.restore_meta()
     assert meta['num_sample_steps'] == n and meta['stage'] == 'distill'
-    assert os.path.exists(os.path.join(distill.round_dir(workdir, n),
+    assert os.path.exists(os.path.join(layout.round_dir(workdir, n),
                                        'samples', 'step_00000004.png'))
   # The student moved away from its teacher.
   diffs = [float(np.max(np.abs(a - b))) for a, b in zip(
@@ -210,9 +207,9 @@ def test_killed_mid_round_resumes_bitwise(digits_dir, teacher_file,
   with pytest.raises(_Crash):
     distill.distill(config, workdir, step_hook=crash_in_second_round)
   two = checkpoints.Checkpointer(
-      os.path.join(distill.round_dir(workdir, 2), 'checkpoints'))
+      os.path.join(layout.round_dir(workdir, 2), 'checkpoints'))
   assert two.latest_step() == 2
-  assert not os.path.exists(distill.round_dir(workdir, 1))
+  assert not os.path.exists(layout.round_dir(workdir, 1))
   resumed = distill.distill(config, workdir)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight_run[1])):
     np.testing.assert_array_equal(a, b)
@@ -257,9 +254,10 @@ def test_rounds_of_one_length_share_one_compiled_step(digits_dir):
   rounds of one length get the same pmapped function (so one compile)."""
   config = _distill_config(digits_dir, None)
   params = {'w': np.zeros(2, np.float32)}
-  stages = {n: distill.round_stage(config, '/unused', params, n, updates)
-            for n, updates in ((4, 10), (2, 10), (1, 20))}
-  step = trainer.pmapped_step(stages[4])
-  assert trainer.pmapped_step(stages[2]) is step
-  assert trainer.pmapped_step(stages[1]) is not step  # its lr decays over 20
-  assert [int(s.extra[1]) for s in stages.values()] == [4, 2, 1]
+  rounds = distill.Rounds(config, '/unused', [(4, 10), (2, 10), (1, 20)])
+  stages = [rounds.stage(i, params) for i in range(3)]
+  assert stages[1].step is stages[0].step
+  assert stages[2].step is not stages[0].step  # its lr decays over 20
+  assert [int(s.extra[1]) for s in stages] == [4, 2, 1]
+  assert [s.progress.done_before for s in stages] == [0, 10, 20]
+  assert {s.progress.total for s in stages} == {40}

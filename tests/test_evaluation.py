@@ -300,7 +300,9 @@ def digits():
 
 @pytest.fixture(scope='module')
 def reference_stats(classifier):
-  return metrics.digits_reference_stats(classifier)
+  images, _ = digits_classifier.load_digits()
+  stats, _ = metrics.measure(metrics.DigitsMetric(classifier), [images])
+  return stats
 
 
 def test_digits_match_tfds_builder(digits_dir, digits):
@@ -345,8 +347,11 @@ def test_fd_digits_separates_real_from_degraded(classifier, digits,
   _, heldout = digits_classifier.digits_split()
   half = np.random.default_rng(0).permutation(len(images))[:len(images) // 2]
 
+  metric = metrics.DigitsMetric(classifier)
+
   def fd(x):
-    return metrics.fd_digits(x, reference_stats, classifier)
+    stats, class_stats = metrics.measure(metric, [x])
+    return metric.summarize(stats, class_stats, reference_stats)['fd_digits']
 
   real_heldout, real_half = fd(images[heldout]), fd(images[half])
   noised, blurred = fd(_noised(images[heldout], 64)), fd(_blurred(images))
@@ -354,6 +359,11 @@ def test_fd_digits_separates_real_from_degraded(classifier, digits,
         f'noised {noised:.3f}, blurred {blurred:.3f}')
   assert real_heldout * 10 < noised
   assert real_half * 10 < min(noised, blurred)
+
+
+def _confidence_and_coverage(logits):
+  return metrics.ClassStats(logits.shape[1]).update(
+      logits).confidence_and_coverage()
 
 
 def test_confidence_and_coverage(classifier, digits):
@@ -364,25 +374,24 @@ def test_confidence_and_coverage(classifier, digits):
   noise = np.random.default_rng(0).integers(0, 256, (297, 8, 8, 1), np.uint8)
   _, noise_logits = digits_classifier.digits_features_and_logits(classifier,
                                                                  noise)
-  real = metrics.classifier_confidence_and_coverage(real_logits)
-  fake = metrics.classifier_confidence_and_coverage(noise_logits)
+  real = _confidence_and_coverage(real_logits)
+  fake = _confidence_and_coverage(noise_logits)
   print(f'confidence, coverage: real {real}, uniform noise {fake}')
   assert real[0] > 0.9 and real[1] > 0.9
   assert fake[0] < 0.5 and fake[1] < 0.5
   # Mode collapse: every sample the same class.
   collapsed = np.tile(real_logits[:1], (50, 1))
-  confidence, coverage = metrics.classifier_confidence_and_coverage(collapsed)
+  confidence, coverage = _confidence_and_coverage(collapsed)
   assert coverage == pytest.approx(confidence / 10)
   # Two classes, equally often, with certainty: 2 of 10 classes covered.
   two = np.repeat(np.eye(10)[:2] * 100.0, 5, axis=0)
-  assert metrics.classifier_confidence_and_coverage(two) == (
+  assert _confidence_and_coverage(two) == (
       pytest.approx(1.0), pytest.approx(0.2))
 
 
 def test_inception_metric_is_pmapped_and_pads_batches(tmp_path):
   """The eval stage's Inception metric over 4 devices equals one device."""
   import jax  # pylint: disable=g-import-not-at-top
-  from diffusion_distill import evaluate  # pylint: disable=g-import-not-at-top
   from diffusion_distill.evaluation import inception  # pylint: disable=g-import-not-at-top
   import flax.traverse_util  # pylint: disable=g-import-not-at-top
   rs = np.random.RandomState(0)
@@ -393,7 +402,7 @@ def test_inception_metric_is_pmapped_and_pads_batches(tmp_path):
       for k, s in flat.items()})
   path = str(tmp_path / 'w.npz')
   inception.save_inception_params(path, params)
-  metric = evaluate.InceptionMetric(path)
+  metric = metrics.InceptionMetric(path)
   images = rs.randint(0, 256, (5, 16, 16, 3)).astype(np.uint8)  # 5 % 4 != 0
   features, logits = metric.features_and_logits(images)
   want_f, want_l = inception.features_and_logits(params, images)

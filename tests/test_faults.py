@@ -10,9 +10,7 @@ SIGKILL at the point named by $DD_FAULT. They share a JAX compilation cache
 (per test session) so that only the uninterrupted reference run compiles.
 """
 
-import asyncio
 import errno
-import gc
 import logging
 import os
 import random
@@ -20,13 +18,13 @@ import resource
 import signal
 import subprocess
 import sys
-import warnings
+from unittest import mock
 
 import jax
 import numpy as np
 import pytest
 
-from diffusion_distill import checkpoints, distill, train
+from diffusion_distill import checkpoints, distill, teacher_stage
 from diffusion_distill.train_state import TrainState
 from tests import tiny
 
@@ -85,12 +83,12 @@ def templates(digits_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('templates'))
 
   def states():
-    teacher = train.teacher_stage(config, workdir)
+    teacher = teacher_stage.teacher_stage(config, workdir)
     out = {TEACHER: teacher}
-    for rel, n in ((ROUND_2, 2), (ROUND_1, 1)):
-      out[rel] = distill.round_stage(config, workdir, teacher.init_params, n,
-                                     config.distill.steps_per_round)
-    return {rel: TrainState.create(s.init_params, s.optimizer, s.rng)
+    rounds = distill.Rounds(config, workdir, distill.config_round_plan(config))
+    for index, rel in enumerate((ROUND_2, ROUND_1)):
+      out[rel] = rounds.stage(index, teacher.init_params)
+    return {rel: TrainState.create(s.init_params, s.step.optimizer, s.rng)
             for rel, s in out.items()}
 
   return jax.eval_shape(states)
@@ -274,46 +272,55 @@ class _FileSizeLimit:
 
 
 class _Errors(logging.Handler):
-  """What `logger` (absl's by default, '' for all) logs at ERROR while attached."""
+  """What the root logger gets at ERROR while attached (absl's records too)."""
 
-  def __init__(self, logger='absl'):
+  def __init__(self):
     super().__init__(logging.ERROR)
-    self.logger = logging.getLogger(logger)
     self.records = []
 
   def emit(self, record):
     self.records.append(record)
 
   def __enter__(self):
-    self.logger.addHandler(self)
+    logging.getLogger().addHandler(self)
     return self
 
   def __exit__(self, *exc):
-    self.logger.removeHandler(self)
+    logging.getLogger().removeHandler(self)
 
 
-def _orphan_failed_task(message):
-  """A task that failed and was never awaited, then collected: asyncio logs it."""
-
-  async def fail():
-    raise ValueError(message)
-
-  loop = asyncio.new_event_loop()
-  task = loop.create_task(fail())
-  loop.run_until_complete(asyncio.sleep(0))
-  assert task.done()
-  loop.close()
-  del task
-  gc.collect()
-
-
-def test_full_disk_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
-  directory = str(tmp_path / 'checkpoints')
-  ckpt = checkpoints.Checkpointer(directory)
+def _two_states():
   first = {'w': np.arange(256, dtype=np.float32), 'step': np.int32(1)}
-  ckpt.save(1, first, {'n': 1})
   second = {'w': np.random.default_rng(0).standard_normal(
       500_000).astype(np.float32), 'step': np.int32(2)}
+  return first, second
+
+
+def _assert_step_1_intact_and_2_saved_later(directory, ckpt, first, second):
+  """Step 1 is still the latest and restores as saved; with room again, the
+  same checkpointer saves step 2, and no temporary directory is left."""
+  assert ckpt.latest_step() == 1
+  reader = checkpoints.Checkpointer(directory, read_only=True)
+  state, meta, step = reader.restore(first)
+  assert step == 1 and meta == {'n': 1}
+  assert all(np.array_equal(state[k], first[k]) for k in first)
+  ckpt.save(2, second, {'n': 2})
+  assert ckpt.all_steps() == [1, 2]
+  assert sorted(os.listdir(directory)) == ['1', '2']
+  state, meta, step = checkpoints.Checkpointer(
+      directory, read_only=True).restore(second)
+  assert step == 2 and meta == {'n': 2}
+  assert np.array_equal(state['w'], second['w'])
+  ckpt.close()
+
+
+def test_save_that_cannot_fit_is_refused_before_writing(tmp_path):
+  """A file size limit below the state's size: one line, nothing written,
+  nothing logged (Orbax is not asked to write)."""
+  directory = str(tmp_path / 'checkpoints')
+  ckpt = checkpoints.Checkpointer(directory)
+  first, second = _two_states()
+  ckpt.save(1, first, {'n': 1})
 
   with _Errors() as errors, _FileSizeLimit(200_000):
     with pytest.raises(checkpoints.CheckpointError) as e:
@@ -323,57 +330,45 @@ def test_full_disk_save_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
   assert f'at step 2 in {directory}:' in message, message
   assert 'File too large' in message and 'free space' in message, message
   assert 'the checkpoint at step 1 is intact' in message, message
-  # Orbax's own error logs (with tracebacks) are held back: one line only.
   assert not errors.records, [r.getMessage() for r in errors.records]
-
-  # The parallel writes that failed too are reported by asyncio only when
-  # their tasks are collected, at any time after the failure (often at
-  # exit): those naming this directory are dropped, any other unretrieved
-  # exception still shows.
-  with _Errors('') as late:
-    _orphan_failed_task(f'Error writing "w/0" in {directory}/2.tmp: '
-                        'File too large')
-    assert not late.records, [r.getMessage() for r in late.records]
-    _orphan_failed_task('an unrelated failure')
-    assert [r.exc_info[1].args for r in late.records] == [
-        ('an unrelated failure',)]
-  # Writes that never started are reported when their coroutines are
-  # collected: after a failed save, not at all.
-  with warnings.catch_warnings(record=True) as unawaited:
-    never_started = asyncio.sleep(0)
-    del never_started
-    gc.collect()
-  assert not unawaited, [str(w.message) for w in unawaited]
-
-  # Step 1 is still the latest, nothing of step 2 is left (not even Orbax's
-  # temporary directory), and it restores as saved.
-  assert ckpt.latest_step() == 1
   assert sorted(os.listdir(directory)) == ['1']
-  reader = checkpoints.Checkpointer(directory, read_only=True)
-  state, meta, step = reader.restore(first)
-  assert step == 1 and meta == {'n': 1}
-  assert all(np.array_equal(state[k], first[k]) for k in first)
+  _assert_step_1_intact_and_2_saved_later(directory, ckpt, first, second)
 
-  # With room again, the same checkpointer saves step 2.
-  ckpt.save(2, second, {'n': 2})
-  assert ckpt.all_steps() == [1, 2]
-  state, meta, step = checkpoints.Checkpointer(
-      directory, read_only=True).restore(second)
-  assert step == 2 and meta == {'n': 2}
-  assert np.array_equal(state['w'], second['w'])
-  ckpt.close()
+
+def test_write_that_fails_is_one_line_and_its_files_are_removed(tmp_path):
+  """A write that fails although the state seemed to fit (a quota, say):
+  Orbax reports it, the save raises one line, the previous step stays the
+  latest, and the next writer removes the failed step's temporary files."""
+  directory = str(tmp_path / 'checkpoints')
+  ckpt = checkpoints.Checkpointer(directory)
+  first, second = _two_states()
+  ckpt.save(1, first, {'n': 1})
+
+  with mock.patch.object(checkpoints, '_lack_of_room', lambda *a: None):
+    with _FileSizeLimit(200_000):
+      with pytest.raises(checkpoints.CheckpointError) as e:
+        ckpt.save(2, second, {'n': 2})
+  message = str(e.value)
+  assert '\n' not in message, message
+  assert message.startswith(
+      f'cannot save the checkpoint at step 2 in {directory}: the write '
+      'failed'), message
+  assert 'File too large' in message and 'free space' in message, message
+  assert 'the checkpoint at step 1 is intact' in message, message
+  _assert_step_1_intact_and_2_saved_later(directory, ckpt, first, second)
 
 
 @pytest.mark.parametrize('error,words', [
     (OSError(errno.ENOSPC, 'No space left on device'),
      'the disk is full (No space left on device, errno 28)'),
-    (ValueError("Failed to write 10 bytes to file 7: No space left on device "
-                "[os_error_code='28']"), 'the disk is full'),
     (OSError(errno.EDQUOT, 'Disk quota exceeded'), 'quota'),
     (RuntimeError('something else'), 'the write failed'),
 ])
 def test_write_failure_names_the_cause(error, words):
   assert words in checkpoints._write_failure(error)  # pylint: disable=protected-access
+  chained = ValueError('wrapped')
+  chained.__cause__ = error
+  assert words in checkpoints._write_failure(chained)  # pylint: disable=protected-access
 
 
 def test_main_on_a_full_disk_exits_1_with_one_line(digits_dir, jax_cache,

@@ -18,6 +18,7 @@ noise alone moves it, and Adam scales that noise up to steps of the learning
 rate (seen: such biases 1e-4 apart, while the outputs agree).
 """
 
+import functools
 import os
 import socket
 import subprocess
@@ -29,9 +30,9 @@ import numpy as np
 import pytest
 
 from diffusion_distill import checkpoints
-from diffusion_distill import distill
-from diffusion_distill import inference
+from diffusion_distill import dataset_info
 from diffusion_distill import input_pipeline
+from diffusion_distill import layout
 from diffusion_distill import models
 from diffusion_distill import train
 from tests import tiny
@@ -115,7 +116,7 @@ def _final_params(workdir):
       os.path.join(workdir, 'teacher', 'checkpoints'), read_only=True)
   assert teacher.latest_step() == TEACHER_STEPS
   student = checkpoints.Checkpointer(
-      os.path.join(distill.round_dir(workdir, 1), 'checkpoints'),
+      os.path.join(layout.round_dir(workdir, 1), 'checkpoints'),
       read_only=True)
   assert student.latest_step() == ROUND_STEPS
   template = teacher_template()
@@ -131,7 +132,7 @@ def _network():
   """params -> the U-Net's output on a fixed input (noise levels -10..10)."""
   config = tiny.tiny_config(None)
   model = models.create_model(config)
-  info = input_pipeline.dataset_info(config.dataset.name)
+  info = dataset_info.get(config.dataset.name)
   rng = np.random.default_rng(0)
   x = rng.standard_normal(
       (16, info.image_size, info.image_size, info.channels)).astype(np.float32)
@@ -144,14 +145,17 @@ def _network():
 
 def teacher_template():
   config = tiny.tiny_config(None)
-  return inference.abstract_params(models.create_model(config), config)
+  return models.abstract_params(models.create_model(config), config)
 
 
 @pytest.fixture(scope='module')
 def reference(digits_dir, tmp_path_factory, monkeypatch_module):
   assert jax.device_count() == 4
   workdir = str(tmp_path_factory.mktemp('one_process') / 'w')
-  monkeypatch_module.setattr(train, '_train_iterator', _two_process_batches)
+  monkeypatch_module.setattr(
+      input_pipeline, 'iterator_factory',
+      lambda config, batch_size, seed: functools.partial(
+          _two_process_batches, config, batch_size, seed))
   config = tiny.tiny_config(digits_dir, **OVERRIDES)
   config.stages = ('teacher', 'distill')
   train.train_and_evaluate(config, workdir)
@@ -169,7 +173,7 @@ def test_two_processes_survive_sigterm_and_kill_and_equal_one(
     reference, digits_dir, tmp_path):
   workdir = str(tmp_path / 'w')
   teacher_ckpts = os.path.join(workdir, 'teacher', 'checkpoints')
-  round_ckpts = os.path.join(distill.round_dir(workdir, 1), 'checkpoints')
+  round_ckpts = os.path.join(layout.round_dir(workdir, 1), 'checkpoints')
 
   # 1. SIGTERM to process 1 alone, once the first checkpoint is written:
   # both processes save the same step and exit 0.
@@ -214,7 +218,7 @@ def test_two_processes_survive_sigterm_and_kill_and_equal_one(
             err_msg=f'{name} {jax.tree_util.keystr(path)}')
   # Only process 0 writes TensorBoard logs (their names hold the pid).
   for stage_dir in (os.path.join(workdir, 'teacher'),
-                    distill.round_dir(workdir, 1)):
+                    layout.round_dir(workdir, 1)):
     events = [n for n in os.listdir(stage_dir) if n.startswith('events.out')]
     assert events
     assert {int(n.split('.')[-3]) for n in events} <= writers, events

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from diffusion_distill import checkpoints, inference, input_pipeline
-from diffusion_distill import train, trainer, validation
+from diffusion_distill import checkpoints, config_checks, input_pipeline
+from diffusion_distill import layout, preflight, teacher_stage, train, trainer
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +72,61 @@ BAD_CONFIGS = [
      'config.eval.batch_size', '6'),
     ({'stages': ('teacher', 'eval'), 'eval.sample_steps': (4, 0)},
      'config.eval.sample_steps', '0'),
+    # Every other field of configs/base.py.
+    ({'seed': -1}, 'config.seed', '-1'),
+    ({'dataset.shuffle_buffer': 0}, 'config.dataset.shuffle_buffer', '0'),
+    ({'dataset.prefetch': 0}, 'config.dataset.prefetch', '0'),
+    ({'dataset.random_flip': True}, 'config.dataset.random_flip', 'True'),
+    ({'dataset.data_dir': ''}, 'config.dataset.data_dir', "''"),
+    ({'model.ch': 48}, 'config.model.ch', '48'),
+    ({'model.ch': 3}, 'config.model.ch', '3'),
+    ({'model.emb_ch': 0}, 'config.model.emb_ch', '0'),
+    ({'model.ch_mult': ()}, 'config.model.ch_mult', '()'),
+    ({'model.ch_mult': (1, 1, 1, 1, 1)}, 'config.model.ch_mult',
+     '(1, 1, 1, 1, 1)'),
+    ({'model.num_res_blocks': 0}, 'config.model.num_res_blocks', '0'),
+    ({'model.attn_resolutions': (3,)}, 'config.model.attn_resolutions',
+     '(3,)'),
+    ({'model.num_heads': 3}, 'config.model.num_heads', '3'),
+    ({'model.head_dim': 5}, 'config.model.head_dim', '5'),
+    ({'model.dropout': 1.}, 'config.model.dropout', '1.0'),
+    ({'schedule.logsnr_min': 20.}, 'config.schedule.logsnr_min', '20.0'),
+    ({'schedule.logsnr_max': float('inf')}, 'config.schedule.logsnr_max',
+     'inf'),
+    ({'train.weight_decay': -1e-3}, 'config.train.weight_decay', '-0.001'),
+    ({'train.ema_decay': 1.}, 'config.train.ema_decay', '1.0'),
+    ({'train.grad_clip': -1.}, 'config.train.grad_clip', '-1.0'),
+    ({'train.max_nonfinite_in_a_row': -1},
+     'config.train.max_nonfinite_in_a_row', '-1'),
+    ({'train.log_every_steps': 0}, 'config.train.log_every_steps', '0'),
+    ({'train.checkpoint_every_steps': 0},
+     'config.train.checkpoint_every_steps', '0'),
+    ({'train.sample_every_steps': -2}, 'config.train.sample_every_steps',
+     '-2'),
+    ({'train.num_grid_samples': 0}, 'config.train.num_grid_samples', '0'),
+    ({'train.grid_sample_steps': 0}, 'config.train.grid_sample_steps', '0'),
+    ({'train.steps_per_dispatch': 0}, 'config.train.steps_per_dispatch',
+     '0'),
+    ({'train.steps_per_dispatch': 4}, 'config.train.num_steps', '6'),
+    ({'distill.end_num_steps': 0}, 'config.distill.end_num_steps', '0'),
+    ({'distill.last_rounds_multiplier': 0},
+     'config.distill.last_rounds_multiplier', '0'),
+    ({'distill.long_rounds_max_steps': 0},
+     'config.distill.long_rounds_max_steps', '0'),
+    ({'distill.grad_clip': -1.}, 'config.distill.grad_clip', '-1.0'),
+    ({'distill.teacher_checkpoint': ''}, 'config.distill.teacher_checkpoint',
+     "''"),
+    ({'eval.num_samples': 1}, 'config.eval.num_samples', '1'),
+    ({'eval.num_reference': 1}, 'config.eval.num_reference', '1'),
+    ({'eval.ancestral_noise_interp': 1.5},
+     'config.eval.ancestral_noise_interp', '1.5'),
+    ({'eval.num_seeds': 0}, 'config.eval.num_seeds', '0'),
+    ({'eval.sample_steps': ()}, 'config.eval.sample_steps', '()'),
+    ({'eval.teacher_samplers': ()}, 'config.eval.teacher_samplers', '()'),
+    ({'stages': ()}, 'config.stages', '()'),
+    ({'stages': ('eval', 'teacher')}, 'config.stages', "('eval', 'teacher')"),
+    ({'stages': ('teacher', 'teacher')}, 'config.stages',
+     "('teacher', 'teacher')"),
 ]
 
 
@@ -80,8 +135,9 @@ BAD_CONFIGS = [
 def test_bad_config_is_one_line_naming_field_and_value(overrides, field,
                                                         value):
   config = _config(None, **overrides)
-  with pytest.raises(validation.ConfigError) as e:
-    validation.validate_config(config)  # 4 devices (tests/conftest.py)
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.check_config(config)
+    config_checks.check_batch_divides(config, 4, 4)  # tests/conftest.py
   message = str(e.value)
   assert '\n' not in message, message
   assert f'{field}=' in message and value in message, message
@@ -89,7 +145,9 @@ def test_bad_config_is_one_line_naming_field_and_value(overrides, field,
 
 def test_tiny_config_is_valid():
   """So that every failure above is due to its override alone."""
-  validation.validate_config(_config(None, stages=('teacher', 'distill')))
+  config = _config(None, stages=('teacher', 'distill', 'eval'))
+  config_checks.check_config(config)
+  config_checks.check_batch_divides(config, 4, 4)
 
 
 def test_main_with_bad_config_exits_2_with_one_line(tmp_path):
@@ -107,21 +165,165 @@ def test_main_with_bad_config_exits_2_with_one_line(tmp_path):
   assert not workdir.exists()
 
 
+def _main(tmp_path, *args, check='', timeout=300):
+  """main.py on the tiny config with `args`; (result, workdir)."""
+  workdir = tmp_path / 'wd'
+  flags = [f'--{check}'] if check else []
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=tests/tiny.py',
+       f'--workdir={workdir}', *flags, *args],
+      cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+  return result, workdir
+
+
+def _one_error_line(result, code=2):
+  """The one `error:` line, last, with `code` and no traceback."""
+  assert result.returncode == code, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert [l for l in lines if l.startswith('error:')] == lines[-1:], (
+      result.stderr[-3000:])
+  assert 'Traceback' not in result.stderr
+  return lines[-1]
+
+
+@pytest.mark.parametrize('args,words', [
+    (['--config=configs/nope.py'],
+     ['--config=configs/nope.py cannot be read', 'No such file']),
+    (['--config.train.batchsize=3'],
+     ['--config.train.batchsize is not a config field',
+      'did you mean config.train.batch_size?']),
+    (['--config.trian.batch_size=3'],
+     ['--config.trian.batch_size is not a config field',
+      'did you mean config.train?']),
+    (['--config.train.batch_size=abc'],
+     ['--config.train.batch_size=abc is invalid: give an integer']),
+    (['--config.schedule.logsnr_min=30'],
+     ['config.schedule.logsnr_min=30.0 is invalid',
+      'below schedule.logsnr_max=20.0']),
+    (['--config.model.ch=48'],
+     ["GroupNorm's 32 groups cannot divide", 'width 48',
+      'the nearest ch that work are 32 and 64']),
+], ids=['missing_file', 'unknown_field', 'unknown_section', 'wrong_type',
+        'schedule_range', 'group_norm'])
+def test_config_mistakes_on_the_command_line(tmp_path, args, words):
+  """One line, exit 2, nothing written (flags after --config replace it)."""
+  result, workdir = _main(tmp_path, *args)
+  last = _one_error_line(result)
+  for word in words:
+    assert word in last, last
+  assert not workdir.exists()
+
+
+def test_misspelt_field_in_a_config_file_names_the_closest(tmp_path):
+  config_file = tmp_path / 'typo.py'
+  config_file.write_text(
+      'from tests import tiny\n'
+      'def get_config():\n'
+      '  config = tiny.get_config()\n'
+      '  config.train.lerning_rate = 1e-3\n'
+      '  return config\n')
+  result, workdir = _main(tmp_path, f'--config={config_file}')
+  last = _one_error_line(result)
+  assert ('config.train.lerning_rate is not a config field: did you mean '
+          'config.train.learning_rate?') in last, last
+  assert not workdir.exists()
+
+
+def test_paper_config_on_a_cpu_only_jax_stops_first(tmp_path):
+  """Before any other check (here: a data set that is not there)."""
+  workdir = tmp_path / 'wd'
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/cifar10_teacher.py',
+       f'--workdir={workdir}', f'--config.dataset.data_dir={tmp_path}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  last = _one_error_line(result)
+  assert "config.dataset.name='cifar10' would train on the CPU" in last
+  assert 'pip install -c constraints.txt -e ".[tpu]"' in last
+  assert 'pip install -c constraints.txt -e ".[cuda12]"' in last
+  assert '--allow_cpu' in last
+  assert ('JAX backend cpu, device kind cpu, 4 local and 4 global devices, '
+          'process 0 of 1') in result.stderr
+  assert not workdir.exists()
+
+
+def test_check_prints_the_plan_and_writes_nothing(tmp_path):
+  result, workdir = _main(
+      tmp_path, "--config.stages=('teacher','distill','eval')",
+      f'--config.dataset.data_dir={tmp_path / "tfds"}', check='check')
+  assert result.returncode == 0, result.stderr[-3000:]
+  plan = result.stdout
+  assert 'stages teacher, distill, eval' in plan
+  assert 'teacher: 6 steps at batch 8 (2 per device)' in plan
+  for line in ('round 1: 8 -> 4 sampling steps, 4 updates',
+               'round 2: 4 -> 2 sampling steps, 4 updates',
+               'round 3: 2 -> 1 sampling steps, 4 updates'):
+    assert line in plan
+  assert 'distill: 12 steps at batch 8 (2 per device)' in plan
+  flops = [float(w) for l in plan.splitlines() if 'FLOP per step' in l
+           for w in l.split('; ')[1].split()[:1]]
+  assert len(flops) == 2 and all(f > 1e6 for f in flops), plan
+  assert '4 devices' in plan and 'check passed' in plan
+  assert not workdir.exists() and not (tmp_path / 'tfds').exists()
+  # The launchers' variant: no devices, data or checkpoints, and still the
+  # config's mistakes.
+  result, _ = _main(tmp_path, check='check_local')
+  assert result.returncode == 0 and 'devices not checked here' in result.stdout
+  result, _ = _main(tmp_path, '--config.distill.end_num_steps=3',
+                    "--config.stages=('distill',)", check='check_local')
+  assert 'config.distill.start_num_steps=8 is invalid' in _one_error_line(
+      result)
+  # A teacher that is not there is found by --check, not by --check_local.
+  result, _ = _main(tmp_path, "--config.stages=('distill',)", check='check')
+  assert 'no teacher checkpoint in --workdir=' in _one_error_line(result)
+  result, _ = _main(tmp_path, "--config.stages=('distill',)",
+                    check='check_local')
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_resume_with_a_changed_model_is_refused_before_writing(
+    finished_teacher, tmp_path):
+  """config.json holds the last run's config; a field that changes what the
+  started stages trained may not change, others are logged."""
+  config, finished, _ = finished_teacher
+  workdir = _copy(finished, tmp_path)
+  layout.write_config(workdir, config)
+  with open(layout.config_path(workdir)) as f:
+    saved = f.read()
+  changed = _config(config.dataset.data_dir, **{
+      'model.ch': 64, 'seed': 3, 'train.num_steps': 8,
+      'distill.learning_rate': 1e-3})
+  with pytest.raises(config_checks.ConfigError) as e:
+    preflight.check(changed, workdir)
+  message = _one_line(e, f'--workdir={workdir} holds a run that trained with',
+                      'config.model.ch (32 -> 64)', 'config.seed (0 -> 3)',
+                      'use a new --workdir, or set them back',
+                      '--config.model.ch=32 --config.seed=0')
+  # The distillation settings were not used yet; the steps may change.
+  assert 'distill' not in message and 'num_steps' not in message
+  with open(layout.config_path(workdir)) as f:
+    assert f.read() == saved
+  with _Infos() as infos:
+    preflight.check(_config(config.dataset.data_dir, **{
+        'train.num_steps': 8, 'distill.learning_rate': 1e-3}), workdir)
+  assert any('config.train.num_steps changed' in l and '6 -> 8' in l
+             for l in infos.lines), infos.lines
+
+
 def test_workdir_under_a_file_is_a_config_error(digits_dir, tmp_path):
   a_file = tmp_path / 'notes.txt'
   a_file.write_text('not a directory')
   workdir = str(a_file / 'wd')
-  with pytest.raises(validation.ConfigError) as e:
-    validation.validate_workdir(workdir)
+  with pytest.raises(config_checks.ConfigError) as e:
+    preflight.check_workdir(workdir)
   message = str(e.value)
   assert '\n' not in message and f'--workdir={workdir}' in message, message
   assert str(a_file) in message
   # train_and_evaluate checks it before writing anything.
-  with pytest.raises(validation.ConfigError, match='--workdir='):
+  with pytest.raises(config_checks.ConfigError, match='--workdir='):
     train.train_and_evaluate(_config(digits_dir), workdir)
   assert a_file.read_text() == 'not a directory'
   # A new directory under a writable one is fine, and is not created yet.
-  validation.validate_workdir(str(tmp_path / 'new' / 'wd'))
+  preflight.check_workdir(str(tmp_path / 'new' / 'wd'))
   assert sorted(os.listdir(tmp_path)) == ['notes.txt']
 
 
@@ -132,10 +334,10 @@ def test_workdir_not_writable_is_a_config_error(tmp_path, monkeypatch):
     del args, kwargs
     raise PermissionError(13, 'Permission denied')
 
-  monkeypatch.setattr(validation.tempfile, 'TemporaryFile', refuse)
+  monkeypatch.setattr(preflight.tempfile, 'TemporaryFile', refuse)
   workdir = str(tmp_path / 'wd')
-  with pytest.raises(validation.ConfigError) as e:
-    validation.validate_workdir(workdir)
+  with pytest.raises(config_checks.ConfigError) as e:
+    preflight.check_workdir(workdir)
   message = str(e.value)
   assert '\n' not in message and f'--workdir={workdir}' in message, message
   assert 'not writable (Permission denied)' in message
@@ -159,7 +361,7 @@ def _write_paper_file(path, config, num_sample_steps=None):
   """Zero parameters of `config`'s U-Net in the paper's msgpack layout."""
   import flax.serialization  # pylint: disable=g-import-not-at-top
   from diffusion_distill import models  # pylint: disable=g-import-not-at-top
-  shapes = inference.abstract_params(models.create_model(config), config)
+  shapes = models.abstract_params(models.create_model(config), config)
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   state = {'step': np.int64(1), 'ema_params': params}
   if num_sample_steps is not None:
@@ -192,7 +394,7 @@ def test_unusable_teacher_checkpoint_is_one_line(kind, tmp_path):
       f.write(data)
     expect = 'cannot be read'
   with pytest.raises(checkpoints.CheckpointError) as e:
-    validation.validate_sources(_teacher_config(path), str(tmp_path / 'wd'))
+    preflight.check_sources(_teacher_config(path), str(tmp_path / 'wd'))
   _one_line(e, f'config.distill.teacher_checkpoint={path!r}', expect, fix)
   assert not os.path.exists(tmp_path / 'wd')
 
@@ -200,7 +402,7 @@ def test_unusable_teacher_checkpoint_is_one_line(kind, tmp_path):
 def test_no_teacher_in_the_workdir_is_one_line(tmp_path):
   workdir = str(tmp_path / 'wd')
   with pytest.raises(checkpoints.CheckpointError) as e:
-    validation.validate_sources(_teacher_config(None), workdir)
+    preflight.check_sources(_teacher_config(None), workdir)
   _one_line(e, f'no teacher checkpoint in --workdir={workdir}',
             "add 'teacher' to config.stages",
             '--config.distill.teacher_checkpoint=PATH')
@@ -215,7 +417,7 @@ def test_teacher_file_of_another_class_count_is_named(teacher_conditional,
   config = _teacher_config(
       path, **{'dataset.class_conditional': not teacher_conditional})
   with pytest.raises(checkpoints.CheckpointError) as e:
-    validation.validate_sources(config, str(tmp_path / 'wd'))
+    preflight.check_sources(config, str(tmp_path / 'wd'))
   if teacher_conditional:
     _one_line(e, 'is class-conditional with 10 classes',
               'class_emb/kernel (10, 32)', 'gives 1 class:',
@@ -231,9 +433,9 @@ def test_teacher_steps_must_halve_down_to_end_num_steps(tmp_path):
   _write_paper_file(path, _config(None), num_sample_steps=8)
   config = _teacher_config(path, **{'distill.start_num_steps': 12,
                                     'distill.end_num_steps': 3})
-  validation.validate_config(config)
-  with pytest.raises(validation.ConfigError) as e:
-    validation.validate_sources(config, str(tmp_path / 'wd'))
+  config_checks.check_config(config)
+  with pytest.raises(config_checks.ConfigError) as e:
+    preflight.check_sources(config, str(tmp_path / 'wd'))
   _one_line(e, 'config.distill.end_num_steps=3', 'samples in 8 steps')
 
 
@@ -255,7 +457,7 @@ def test_teacher_of_ours_trained_otherwise_is_named(finished_teacher,
   _, teacher_workdir, _ = finished_teacher
   config = _teacher_config(teacher_workdir, **override)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    validation.validate_sources(config, str(tmp_path / 'wd'))
+    preflight.check_sources(config, str(tmp_path / 'wd'))
   _one_line(e, f'config.distill.teacher_checkpoint={teacher_workdir!r}',
             *parts)
 
@@ -264,20 +466,19 @@ def test_teacher_stage_with_a_teacher_elsewhere_is_refused(finished_teacher,
                                                            tmp_path):
   _, teacher_workdir, _ = finished_teacher
   config = _teacher_config(teacher_workdir, stages=('teacher', 'distill'))
-  with pytest.raises(validation.ConfigError) as e:
-    validation.validate_sources(config, str(tmp_path / 'wd'))
+  with pytest.raises(config_checks.ConfigError) as e:
+    preflight.check(config, str(tmp_path / 'wd'))
   _one_line(e, 'config.distill.teacher_checkpoint=', 'would be ignored')
   # Its own workdir's teacher is what the stage trains: fine.
-  validation.validate_sources(config, teacher_workdir)
+  config_checks.check_teacher_choice(config, teacher_workdir)
 
 
 def _fake_checkpoint(ckpt_dir, num_sample_steps, stage):
   """A checkpoint with a meta of ours and a dummy state: enough to select."""
   ckpt = checkpoints.Checkpointer(ckpt_dir)
-  ckpt.save(1, {'x': np.zeros(1, np.float32)}, {
-      'stage': stage, 'num_sample_steps': num_sample_steps,
-      'stage_num_steps': 1,
-      'dataset': {'name': 'digits', 'class_conditional': False}})
+  ckpt.save(1, {'x': np.zeros(1, np.float32)}, layout.model_meta(
+      _config(None), stage=stage, num_sample_steps=num_sample_steps,
+      stage_num_steps=1))
   ckpt.close()
 
 
@@ -288,7 +489,7 @@ def fake_distilled(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('fake'))
   _fake_checkpoint(_ckpt_dir(workdir), None, 'teacher')
   for n in (4, 2):
-    _fake_checkpoint(os.path.join(distill.round_dir(workdir, n),
+    _fake_checkpoint(os.path.join(layout.round_dir(workdir, n),
                                   'checkpoints'), n, 'distill')
   return workdir
 
@@ -298,22 +499,22 @@ def test_sample_steps_pick_the_student_or_the_teacher(fake_distilled,
   """sample.py --num_steps: a student only ever at its own step count."""
   from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
   workdir = fake_distilled
-  student = lambda n: os.path.join(distill.round_dir(workdir, n),
+  student = lambda n: os.path.join(layout.round_dir(workdir, n),
                                     'checkpoints')
-  assert inference.select_model_dir(workdir) == (student(2), None)
-  assert inference.select_model_dir(workdir, 4) == (student(4), None)
-  chosen, note = inference.select_model_dir(workdir, 3)
+  assert layout.select_model_dir(workdir) == (student(2), None)
+  assert layout.select_model_dir(workdir, 4) == (student(4), None)
+  chosen, note = layout.select_model_dir(workdir, 3)
   assert chosen == _ckpt_dir(workdir)
   assert 'for 3 steps' in note and 'students: 4, 2' in note
   # Without a teacher, only the students' own counts are meaningful.
   no_teacher = _copy(workdir, tmp_path)
   shutil.rmtree(os.path.join(no_teacher, 'teacher'))
-  with pytest.raises(inference.StepCountError) as e:
-    inference.select_model_dir(no_teacher, 3)
+  with pytest.raises(layout.StepCountError) as e:
+    layout.select_model_dir(no_teacher, 3)
   _one_line(e, '--num_steps=3', 'distilled for 4, 2 sampling steps')
   # A student's own directory given as the workdir.
-  with pytest.raises(inference.StepCountError) as e:
-    inference.select_model_dir(distill.round_dir(workdir, 4), 2)
+  with pytest.raises(layout.StepCountError) as e:
+    layout.select_model_dir(layout.round_dir(workdir, 4), 2)
   _one_line(e, '--num_steps=2', 'distilled for 4 sampling steps')
 
 
@@ -321,25 +522,25 @@ def test_evaluation_needs_models_of_its_data_set(fake_distilled, tmp_path):
   from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
   empty = str(tmp_path / 'empty')
   with pytest.raises(checkpoints.CheckpointError) as e:
-    validation.validate_sources(_config(None, stages=('eval',)), empty)
+    preflight.check_sources(_config(None, stages=('eval',)), empty)
   _one_line(e, 'nothing to evaluate', f'--workdir={empty}')
   # The workdir's teacher and students are of another data set.
   config = _config(None, stages=('eval',),
                    **{'dataset.name': 'cifar10'})
   with pytest.raises(checkpoints.CheckpointError) as e:
-    validation.validate_sources(config, fake_distilled)
+    preflight.check_sources(config, fake_distilled)
   _one_line(e, "dataset.name='digits' but config.dataset.name='cifar10'",
             '--config.dataset.name=digits')
   # A student as the "teacher" would be swept over other step counts.
   config = _config(None, stages=('eval',), **{
-      'distill.teacher_checkpoint': distill.round_dir(fake_distilled, 4),
+      'distill.teacher_checkpoint': layout.round_dir(fake_distilled, 4),
       'eval.sample_steps': (1, 4, 16)})
-  with pytest.raises(validation.ConfigError) as e:
-    validation.validate_sources(config, str(tmp_path / 'wd'))
+  with pytest.raises(config_checks.ConfigError) as e:
+    preflight.check_sources(config, str(tmp_path / 'wd'))
   _one_line(e, 'config.eval.sample_steps=(1, 4, 16)',
             'distilled for 4 sampling steps', '--config.eval.sample_steps')
   config.eval.sample_steps = (4,)
-  validation.validate_sources(config, str(tmp_path / 'wd'))
+  preflight.check_sources(config, str(tmp_path / 'wd'))
 
 
 def test_no_pickle_in_any_load_path():
@@ -389,7 +590,7 @@ def finished_teacher(digits_dir, tmp_path_factory):
   """A tiny teacher run to its end: 6 steps, checkpoints 4 and 6 kept."""
   config = _config(digits_dir)
   workdir = str(tmp_path_factory.mktemp('finished'))
-  final = trainer.run_stage(train.teacher_stage(config, workdir))
+  final = trainer.run_stage(teacher_stage.teacher_stage(config, workdir))
   ckpt = checkpoints.Checkpointer(_ckpt_dir(workdir), read_only=True)
   assert ckpt.all_steps() == [4, 6]
   return config, workdir, final
@@ -433,21 +634,36 @@ def _listing(directory):
 
 
 class _Warnings(logging.Handler):
-  """Collects the warnings absl logs while it is attached."""
+  """Collects the warnings logged (through absl or Python) while attached."""
+  level = logging.WARNING
 
   def __init__(self):
-    super().__init__(logging.WARNING)
+    super().__init__(self.level)
     self.lines = []
 
   def emit(self, record):
     self.lines.append(record.getMessage())
 
   def __enter__(self):
-    logging.getLogger('absl').addHandler(self)
+    logging.getLogger().addHandler(self)
     return self
 
   def __exit__(self, *exc):
-    logging.getLogger('absl').removeHandler(self)
+    logging.getLogger().removeHandler(self)
+
+
+class _Infos(_Warnings):
+  """Collects the project's INFO lines and above while attached."""
+  level = logging.INFO
+
+  def __enter__(self):
+    self.previous = logging.getLogger('diffusion_distill').level
+    logging.getLogger('diffusion_distill').setLevel(logging.INFO)
+    return super().__enter__()
+
+  def __exit__(self, *exc):
+    logging.getLogger('diffusion_distill').setLevel(self.previous)
+    super().__exit__(*exc)
 
 
 def test_corrupt_latest_checkpoint_falls_back_and_continues(
@@ -460,14 +676,14 @@ def test_corrupt_latest_checkpoint_falls_back_and_continues(
 
   # Read-only loading (load_sampler, evaluation) skips it and moves nothing.
   with _Warnings() as w:
-    _, _, params, _ = inference.load_model(ckpt_dir)
+    _, _, params, _ = layout.load_model(ckpt_dir)
   assert any('step 6' in l and 'restored step 4' in l for l in w.lines), w.lines
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
   assert os.path.isdir(os.path.join(ckpt_dir, '6'))
   assert not os.path.exists(os.path.join(ckpt_dir, '6.corrupt'))
 
   with _Warnings() as w:
-    final = trainer.run_stage(train.teacher_stage(
+    final = trainer.run_stage(teacher_stage.teacher_stage(
         _config(config.dataset.data_dir, **{'train.num_steps': 8}), workdir))
   warned = [l for l in w.lines if 'step 6' in l and 'restored step 4' in l]
   assert len(warned) == 1 and '\n' not in warned[0], w.lines
@@ -490,21 +706,21 @@ def test_all_checkpoints_corrupt_is_one_line_and_touches_nothing(
     _garble(os.path.join(ckpt_dir, step))
   before = _listing(ckpt_dir)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    trainer.run_stage(train.teacher_stage(config, workdir))
+    trainer.run_stage(teacher_stage.teacher_stage(config, workdir))
   message = str(e.value)
   assert '\n' not in message, message
   assert ckpt_dir in message and 'nothing was overwritten' in message
   assert 'step 6' in message and 'step 4' in message
   assert _listing(ckpt_dir) == before
   with pytest.raises(checkpoints.CheckpointError, match='no usable checkpoint'):
-    inference.load_model(ckpt_dir)
+    layout.load_model(ckpt_dir)
 
 
 def test_nan_updates_stop_with_last_checkpoint_intact(finished_teacher,
                                                       tmp_path):
   config, finished, final = finished_teacher
   workdir = _copy(finished, tmp_path)
-  stage = train.teacher_stage(
+  stage = teacher_stage.teacher_stage(
       _config(config.dataset.data_dir, **{'train.num_steps': 10,
                                           'train.max_nonfinite_in_a_row': 2}),
       workdir)

@@ -9,10 +9,11 @@ import sys
 import flax.jax_utils
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
-from diffusion_distill import diffusion, inference, load_sampler, models
-from diffusion_distill import checkpoints, train, trainer
+from diffusion_distill import diffusion, inference, layout, load_sampler
+from diffusion_distill import checkpoints, models, teacher_stage, trainer
 from diffusion_distill.train_state import TrainState
 from tests import tiny
 
@@ -36,7 +37,7 @@ def _noise_from_batch_loss(params, batch, rng, *, model_fn):
 def tiny_model(digits_dir):
   config = tiny.tiny_config(digits_dir)
   model = models.create_model(config)
-  params = inference.init_params(model, config, jax.random.PRNGKey(0))
+  params = models.init_params(model, config, jax.random.PRNGKey(0))
   return config, model, params
 
 
@@ -114,19 +115,67 @@ def _crash_at(step_to_crash):
 
 def test_teacher_resume_is_bitwise_identical(digits_dir, tmp_path):
   config = tiny.tiny_config(digits_dir)
-  straight = trainer.run_stage(train.teacher_stage(config, str(tmp_path / 'a')))
-  stage = train.teacher_stage(config, str(tmp_path / 'b'))
+  straight = trainer.run_stage(teacher_stage.teacher_stage(config, str(tmp_path / 'a')))
+  stage = teacher_stage.teacher_stage(config, str(tmp_path / 'b'))
   stage.step_hook = _crash_at(5)  # after the checkpoint at step 4
   with pytest.raises(_Crash):
     trainer.run_stage(stage)
   ckpt = checkpoints.Checkpointer(str(tmp_path / 'b' / 'teacher' / 'checkpoints'))
   assert ckpt.latest_step() == 4
-  resumed = trainer.run_stage(train.teacher_stage(config, str(tmp_path / 'b')))
+  resumed = trainer.run_stage(teacher_stage.teacher_stage(config, str(tmp_path / 'b')))
   assert int(resumed.step) == int(straight.step) == 6
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   assert os.path.exists(tmp_path / 'b' / 'teacher' / 'samples' /
                         'step_00000006.png')
+
+  # Two steps per dispatch: checkpoints and hooks on multiples of 2, and the
+  # state of six single steps to float rounding (a loop body rounds a few
+  # gradient entries otherwise; biases whose true gradient is 0 follow that
+  # rounding noise, so they get an absolute tolerance).
+  config.train.steps_per_dispatch = 2
+  stage = teacher_stage.teacher_stage(config, str(tmp_path / 'c'))
+  hooked = []
+  stage.step_hook = hooked.append
+  scanned = trainer.run_stage(stage)
+  assert hooked == [2, 4, 6]
+  assert int(scanned.step) == 6
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(scanned)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  ckpt = checkpoints.Checkpointer(str(tmp_path / 'c' / 'teacher' / 'checkpoints'))
+  assert ckpt.all_steps() == [4, 6]
+
+
+def test_steps_per_dispatch_gives_the_same_state_bit_for_bit(tiny_model):
+  """Four steps in one call, or two calls of two steps: the same bits."""
+  config, model, params = tiny_model
+  stage = teacher_stage.teacher_stage(config, '/unused')
+  batches = [jax.tree.map(lambda a: a.reshape((4, -1) + a.shape[1:]),
+                          dict(image=b['image'], label=b['label']))
+             for b in (_global_batch(8, seed) for seed in range(4))]
+  stack = lambda bs: jax.tree.map(lambda *b: np.stack(b, axis=1), *bs)
+  loss_fn = teacher_stage.teacher_loss_fn(config, model)
+  results = []
+  for k in (2, 4):
+    step = trainer.make_step(loss_fn, stage.step.optimizer,
+                             stage.step.learning_rate_fn, ema_decay=0.9,
+                             steps_per_dispatch=k)
+    state = flax.jax_utils.replicate(
+        TrainState.create(params, step.optimizer, jax.random.PRNGKey(1)))
+    losses = []
+    for i in range(0, 4, k):
+      state, metrics = step(state, stack(batches[i:i + k]), ())
+      losses += list(np.asarray(metrics['loss'])[0])
+    results.append((jax.device_get(jax.tree.map(lambda a: a[0], state)),
+                    losses))
+  (two, losses_2), (four, losses_4) = results
+  assert int(four.step) == 4 and len(losses_4) == 4
+  assert losses_2 == losses_4
+  for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(four)):
+    np.testing.assert_array_equal(a, b)
+  moved = [float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(four.params), jax.tree.leaves(params))]
+  assert max(moved) > 1e-4
 
 
 def _main(workdir, data_dir, *flags):
@@ -159,6 +208,42 @@ def test_main_trains_checkpoints_and_resumes(digits_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(os.listdir(out)) == ['000000.png', '000001.png', '000002.png',
                                      'grid.png']
+  assert 'Traceback' not in result.stderr and 'orbax' not in result.stderr
+  # The grid of 8x8 images is enlarged for viewing.
+  with Image.open(out / 'grid.png') as grid:
+    assert min(grid.size) >= 256
+
+
+# Importing TensorFlow or TFDS fails in the child: sampling must not need them.
+_WITHOUT_TENSORFLOW = """
+import importlib.abc, importlib.machinery, runpy, sys
+class Refuse(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      return importlib.machinery.ModuleSpec(name, self)
+  def create_module(self, spec):
+    raise ImportError('importing ' + spec.name + ' fails here')
+sys.meta_path.insert(0, Refuse())
+import jax
+from diffusion_distill import load_sampler
+images = load_sampler(sys.argv[1]).sample(jax.random.PRNGKey(0), 2, num_steps=2)
+assert images.shape == (2, 8, 8, 1), images.shape
+sys.argv = ['sample.py', '--workdir=' + sys.argv[1], '--num_samples=2',
+            '--output_dir=' + sys.argv[2]]
+runpy.run_path('sample.py', run_name='__main__')
+"""
+
+
+def test_sampling_needs_neither_tensorflow_nor_tfds(digits_dir, tmp_path):
+  workdir = str(tmp_path / 'wd')
+  assert _main(workdir, digits_dir, '--config.train.num_steps=2',
+               '--config.train.checkpoint_every_steps=2').returncode == 0
+  out = tmp_path / 'out'
+  result = subprocess.run(
+      [sys.executable, '-c', _WITHOUT_TENSORFLOW, workdir, str(out)],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(out)) == ['000000.png', '000001.png', 'grid.png']
 
 
 def test_missing_cifar10_stops_before_training(tmp_path):
@@ -167,7 +252,8 @@ def test_missing_cifar10_stops_before_training(tmp_path):
   workdir = tmp_path / 'wd'
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/cifar10_teacher.py',
-       f'--workdir={workdir}', f'--config.dataset.data_dir={empty}'],
+       f'--workdir={workdir}', f'--config.dataset.data_dir={empty}',
+       '--allow_cpu'],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
@@ -182,7 +268,8 @@ def test_missing_inception_weights_stop_before_any_work(tmp_path):
              DIFFUSION_DISTILL_INCEPTION_WEIGHTS=str(tmp_path / 'none.npz'))
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/cifar10_distill.py',
-       f'--workdir={workdir}', "--config.stages=('distill', 'eval')"],
+       f'--workdir={workdir}', "--config.stages=('distill', 'eval')",
+       '--allow_cpu'],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
       env=env)
   assert result.returncode == 1
@@ -194,7 +281,7 @@ def test_missing_inception_weights_stop_before_any_work(tmp_path):
 
 def test_sampler_copies_parameters_to_the_device_once(tiny_model):
   config, model, params = tiny_model
-  sampler = inference.make_sampler(config, model, params)
+  sampler = layout.make_sampler(config, model, params)
   rng = jax.random.PRNGKey(0)
   first = sampler.sample(rng, 2, num_steps=2)
   on_device = sampler._params_on_device()  # pylint: disable=protected-access
@@ -216,13 +303,13 @@ def test_sampler_draws_its_noise_and_labels_as_documented(digits_dir):
   config = tiny.tiny_config(digits_dir)
   config.dataset.class_conditional = True
   model = models.create_model(config)
-  params = inference.init_params(model, config, jax.random.PRNGKey(0))
+  params = models.init_params(model, config, jax.random.PRNGKey(0))
   # Off the zero-initialized output layer, so that the images depend on z
   # and the labels.
   params = jax.tree.map(
       lambda x: x + 0.05 * np.random.default_rng(x.size).standard_normal(
           x.shape).astype(x.dtype), params)
-  sampler = inference.make_sampler(config, model, params)
+  sampler = layout.make_sampler(config, model, params)
   assert sampler.num_classes == 10
   rng = jax.random.PRNGKey(5)
   images = sampler.sample(rng, 4, num_steps=2)
@@ -231,9 +318,7 @@ def test_sampler_draws_its_noise_and_labels_as_documented(digits_dir):
   rng_z, rng_y = jax.random.split(rng_noise)
   z = jax.random.normal(rng_z, (4, 8, 8, 1))
   labels = jax.random.randint(rng_y, (4,), 0, 10)
-  run = inference._compiled_sampler(  # pylint: disable=protected-access
-      model, sampler.mean_type, sampler.logsnr_min, sampler.logsnr_max,
-      sampler.clip_x, 'ddim', False)
+  run = jax.jit(sampler._program.run_fn('ddim'))  # pylint: disable=protected-access
   expected = np.asarray(run(params, z, labels, 2, rng_sampler, 0.))
   np.testing.assert_array_equal(images, expected)
 

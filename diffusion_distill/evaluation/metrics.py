@@ -1,75 +1,31 @@
-"""Offline sample-quality metrics for the digits quickstart.
+"""Sample-quality metrics that the evaluation stage streams samples through.
 
-FD-digits is the Fréchet distance between Gaussians fitted to the 64-d
-features of the fixed digits classifier (digits_classifier.py) on samples
-and on all 1,797 real digits. It is FID's recipe with another feature
-network, so its values are NOT comparable to FID and must not be called FID.
+FD-digits (the digits quickstart) is the Fréchet distance between Gaussians
+fitted to the 64-d features of the fixed digits classifier
+(digits_classifier.py) on samples and on all 1,797 real digits. It is FID's
+recipe with another feature network, so its values are NOT comparable to FID
+and must not be called FID. Other data sets use FID and the Inception Score
+of the FID Inception-v3 (inception.py).
 
 Real digits against the same reference are not at 0: a finite sample's
 covariance differs from the reference's, and FD-digits, like FID, is biased
 upward for small N. Compare models at the same number of samples.
+
+A metric streams: `measure` feeds batches of uint8 images through it into
+running sums (frechet.RunningStats, ClassStats), merged over processes, so
+memory does not depend on the number of samples.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Tuple
 
+import flax.jax_utils
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from diffusion_distill.evaluation import digits_classifier
 from diffusion_distill.evaluation import frechet
-
-
-def _params_or_default(params):
-  return params if params is not None else (
-      digits_classifier.load_digits_classifier())
-
-
-def digits_reference_stats(params=None,
-                           images_uint8: Optional[np.ndarray] = None
-                          ) -> frechet.RunningStats:
-  """Feature statistics of the real digits (all 1,797 unless `images_uint8`)."""
-  params = _params_or_default(params)
-  if images_uint8 is None:
-    images_uint8, _ = digits_classifier.load_digits()
-  features, _ = digits_classifier.digits_features_and_logits(params,
-                                                             images_uint8)
-  return frechet.RunningStats.from_features(features)
-
-
-def fd_digits(sample_images_uint8, reference_stats: frechet.RunningStats,
-              params=None) -> float:
-  """FD-digits of uint8 [N, 8, 8, 1] samples against `reference_stats`."""
-  params = _params_or_default(params)
-  features, _ = digits_classifier.digits_features_and_logits(
-      params, sample_images_uint8)
-  if features.shape[0] < 2:
-    raise ValueError(f'fd_digits needs at least 2 samples; got '
-                     f'{features.shape[0]}.')
-  return frechet.RunningStats.from_features(features).frechet_distance(
-      reference_stats)
-
-
-def classifier_confidence_and_coverage(logits) -> Tuple[float, float]:
-  """(confidence, coverage) of classifier logits [N, K], both in [0, 1].
-
-  confidence: mean over samples of the largest softmax probability: how
-    much each sample looks like some digit (the classifier was trained to
-    give uniform predictions on noise, so noise scores about 1/K).
-  coverage: how many of the K classes the samples cover, counting each
-    sample by its confidence: with q_y the confidence-weighted fraction of
-    samples classified as y (sum_y q_y = confidence),
-      coverage = confidence * exp(entropy(q / confidence)) / K,
-    i.e. the effective number of predicted classes as a fraction of K,
-    scaled by how sure those predictions are. 1 for confidently classified,
-    class-balanced samples (the real digits: ~0.99); 1/K when every sample
-    gets the same label (mode collapse); ~1/K or less for noise, whose near-
-    uniform predictions have arbitrary argmaxes that an unweighted class
-    histogram would count as coverage. Unlike "classes predicted at least
-    once", a class predicted for 1 sample in 1,000 adds almost nothing.
-  """
-  logits = np.asarray(logits, np.float64)
-  if logits.ndim != 2 or logits.shape[0] == 0:
-    raise ValueError(f'Need logits [N, K] with N > 0; got {logits.shape}.')
-  return ClassStats(logits.shape[1]).update(logits).confidence_and_coverage()
+from diffusion_distill.evaluation import inception
 
 
 class ClassStats:
@@ -109,6 +65,23 @@ class ClassStats:
     return float(np.exp(mean_kl))
 
   def confidence_and_coverage(self) -> Tuple[float, float]:
+    """(confidence, coverage) of the logits seen, both in [0, 1].
+
+    confidence: mean over samples of the largest softmax probability: how
+      much each sample looks like some class (the digits classifier was
+      trained to give uniform predictions on noise, so noise scores about
+      1/K).
+    coverage: how many of the K classes the samples cover, counting each
+      sample by its confidence: with q_y the confidence-weighted fraction of
+      samples classified as y (sum_y q_y = confidence),
+        coverage = confidence * exp(entropy(q / confidence)) / K,
+      i.e. the effective number of predicted classes as a fraction of K,
+      scaled by how sure those predictions are. 1 for confidently
+      classified, class-balanced samples (the real digits: ~0.99); 1/K when
+      every sample gets the same label (mode collapse); ~1/K or less for
+      noise, whose near-uniform predictions have arbitrary argmaxes that an
+      unweighted class histogram would count as coverage.
+    """
     confidence = self.sum_max_prob / self.count
     weighted = self.confident_counts / self.count
     freq = weighted[weighted > 0] / weighted.sum()
@@ -117,16 +90,92 @@ class ClassStats:
         confidence * effective_classes / self.num_classes)
 
 
-def digits_metrics(sample_images_uint8,
-                   reference_stats: Optional[frechet.RunningStats] = None,
-                   params=None) -> Dict[str, float]:
-  """{'fd_digits', 'confidence', 'coverage'} of uint8 [N, 8, 8, 1] samples."""
-  params = _params_or_default(params)
-  if reference_stats is None:
-    reference_stats = digits_reference_stats(params)
-  features, logits = digits_classifier.digits_features_and_logits(
-      params, sample_images_uint8)
-  confidence, coverage = classifier_confidence_and_coverage(logits)
-  fd = frechet.RunningStats.from_features(features).frechet_distance(
-      reference_stats)
-  return {'fd_digits': fd, 'confidence': confidence, 'coverage': coverage}
+class DigitsMetric:
+  """FD-digits, confidence and coverage from the fixed digits classifier."""
+  name = 'fd_digits'
+  num_classes = 10
+
+  def __init__(self, params=None):
+    self._params = (params if params is not None else
+                    digits_classifier.load_digits_classifier())
+
+  def features_and_logits(self, images):
+    return digits_classifier.digits_features_and_logits(self._params, images)
+
+  def summarize(self, stats, class_stats, reference):
+    confidence, coverage = class_stats.confidence_and_coverage()
+    return {'fd_digits': stats.frechet_distance(reference),
+            'confidence': confidence, 'coverage': coverage}
+
+
+class InceptionMetric:
+  """FID and Inception Score from the FID Inception-v3 network."""
+  name = 'fid'
+  num_classes = 1008
+
+  def __init__(self, weights_path):
+    params = inception.load_inception_params(weights_path or None)
+    self._devices = jax.local_devices()
+    self._params = flax.jax_utils.replicate(params, self._devices)
+    self._apply = jax.pmap(inception.apply_inception)
+
+  def features_and_logits(self, images):
+    """The network pmapped over the local devices (the batch is padded)."""
+    n, d = images.shape[0], len(self._devices)
+    pad = -n % d
+    images = np.concatenate([images, np.repeat(images[:1], pad, 0)])
+    features, logits = self._apply(
+        self._params, images.reshape((d, -1) + images.shape[1:]))
+    features = np.asarray(features).reshape((n + pad, -1))[:n]
+    logits = np.asarray(logits).reshape((n + pad, -1))[:n]
+    return features, logits
+
+  def summarize(self, stats, class_stats, reference):
+    return {'fid': stats.frechet_distance(reference),
+            'inception_score': class_stats.inception_score()}
+
+
+def make_metric(dataset_name, inception_weights=''):
+  """The data set's metric; raises FileNotFoundError (one line) without
+  Inception weights."""
+  if dataset_name == 'digits':
+    return DigitsMetric()
+  return InceptionMetric(inception_weights)
+
+
+def _allreduce(stats, class_stats):
+  """Merges every process's sums, so each process sees all samples' stats."""
+  if jax.process_count() == 1:
+    return stats, class_stats
+  gathered = multihost_utils.process_allgather(
+      {'count': np.int64(stats.count), 'shift': stats.shift, 'sum': stats.sum,
+       'sum_outer': stats.sum_outer, 'c_count': np.int64(class_stats.count),
+       'sum_probs': class_stats.sum_probs,
+       'neg_ent': np.float64(class_stats.sum_neg_entropy),
+       'max_prob': np.float64(class_stats.sum_max_prob),
+       'confident': class_stats.confident_counts})
+  merged = frechet.RunningStats(stats.dim)
+  merged_class = ClassStats(class_stats.num_classes)
+  for p in range(jax.process_count()):
+    part = frechet.RunningStats(stats.dim)
+    part.count, part.shift = int(gathered['count'][p]), gathered['shift'][p]
+    part.sum, part.sum_outer = gathered['sum'][p], gathered['sum_outer'][p]
+    merged.merge(part)
+    merged_class.count += int(gathered['c_count'][p])
+    merged_class.sum_probs += gathered['sum_probs'][p]
+    merged_class.sum_neg_entropy += float(gathered['neg_ent'][p])
+    merged_class.sum_max_prob += float(gathered['max_prob'][p])
+    merged_class.confident_counts += gathered['confident'][p]
+  return merged, merged_class
+
+
+def measure(metric, batches):
+  """(feature RunningStats, ClassStats) of uint8 image batches, all processes'."""
+  stats, class_stats = None, ClassStats(metric.num_classes)
+  for images in batches:
+    features, logits = metric.features_and_logits(images)
+    if stats is None:
+      stats = frechet.RunningStats(features.shape[1])
+    stats.update(features)
+    class_stats.update(logits)
+  return _allreduce(stats, class_stats)

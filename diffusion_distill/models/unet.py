@@ -1,8 +1,8 @@
 """The U-Net of the paper (Improved DDPM with BigGAN-style residual resampling).
 
 Module and parameter names are not free choices: they reproduce the tree of
-the paper's released checkpoints (see shared/reference/*.json), so those
-checkpoints load as they are. Names such as ``down_1.attn_0`` therefore
+the paper's released checkpoints, so those checkpoints load as they are
+(tests/test_unet.py compares them with the trees in tests/reference). Names such as ``down_1.attn_0`` therefore
 contain a dot on purpose.
 """
 
@@ -44,22 +44,51 @@ def timestep_embedding(t, dim):
   return emb
 
 
-def _num_groups(channels):
-  # Flax's default (32 groups) is what the released checkpoints used; it only
-  # fails for small toy widths, where one channel per group is the closest
-  # well-defined choice.
-  if channels >= 32:
-    if channels % 32:
-      raise ValueError(
-          f'GroupNorm needs channel counts divisible by 32, got {channels}; '
-          'choose ch (and ch * ch_mult, and their skip concatenations) as '
-          'multiples of 32.')
-    return 32
-  return channels
+def num_groups(channels):
+  """GroupNorm groups for `channels`, or None where none work.
+
+  Flax's default (32 groups) is what the released checkpoints used; it only
+  fails for small toy widths, where one channel per group is the closest
+  well-defined choice. A width of 32 or more must be a multiple of 32.
+  """
+  if channels < 32:
+    return channels
+  return 32 if channels % 32 == 0 else None
+
+
+def group_norm_widths(ch, ch_mult, num_res_blocks):
+  """Every channel count the U-Net normalizes (`UNet.__call__`'s data flow).
+
+  The down path's blocks, the middle, the up path's blocks on
+  concatenations of their input and a skip, and norm_out. config_checks
+  uses it to reject widths that GroupNorm cannot divide before any work.
+  """
+  widths, h = set(), ch
+  skips = [ch]
+  for i, mult in enumerate(ch_mult):
+    for _ in range(num_res_blocks):
+      widths |= {h, ch * mult}
+      h = ch * mult
+      skips.append(h)
+    if i != len(ch_mult) - 1:
+      widths.add(h)
+      skips.append(h)
+  widths.add(h)
+  for mult in reversed(ch_mult):
+    for _ in range(num_res_blocks + 1):
+      widths |= {h + skips.pop(), ch * mult}
+      h = ch * mult
+  return sorted(widths)
 
 
 def _group_norm(channels, dtype, name):
-  return nn.GroupNorm(num_groups=_num_groups(channels), epsilon=1e-6,
+  groups = num_groups(channels)
+  if groups is None:
+    raise ValueError(
+        f'GroupNorm needs channel counts divisible by 32, got {channels}; '
+        'choose ch (and ch * ch_mult, and their skip concatenations) as '
+        'multiples of 32.')
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6,
                       dtype=dtype, name=name)
 
 

@@ -1,0 +1,121 @@
+"""What main.py and sample.py share: quiet logs and one-line errors.
+
+A mistake on the command line is one `error: ...` line on stderr and exit
+code 2; a run-time failure (a missing checkpoint, a full disk) exit code 1.
+With `-v 1` (absl's --verbosity) the traceback is shown instead.
+"""
+
+import logging
+import os
+import re
+import sys
+
+from absl import flags
+from absl import logging as absl_logging
+
+FLAGS = flags.FLAGS
+
+
+def configure_logging():
+  """This project's INFO lines; libraries' warnings and errors only.
+
+  Libraries log through absl or Python logging at INFO in detail (Orbax
+  several lines per checkpoint): absl's verbosity is WARNING unless
+  --verbosity is given, and the project's own logger says INFO. TensorFlow
+  only feeds tf.data here: its oneDNN kernels (for TF models, whose notice
+  it prints on import) are off and its C++ INFO lines too, unless the
+  environment sets TF_ENABLE_ONEDNN_OPTS or TF_CPP_MIN_LOG_LEVEL. Call it
+  before TensorFlow is imported.
+  """
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  if not FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger('diffusion_distill').setLevel(logging.INFO)
+
+
+def exit_with(message, code):
+  """One line on stderr, and the exit code."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def fail(message, code):
+  """`exit_with` while handling an exception; its traceback only with -v 1."""
+  if absl_logging.get_verbosity() >= absl_logging.DEBUG:
+    raise  # pylint: disable=misplaced-bare-raise
+  exit_with(message, code)
+
+
+def _one_line(text, limit=400):
+  text = ' '.join(str(text).split())
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _unknown_field(error, argv):
+  """(--config.a.b, b) of the override that names no field, or None."""
+  words = set(re.findall(r'\w+', str(error)))
+  for arg in argv:
+    m = re.match(r'--?(config(\.\w+)+)', arg)
+    if m:
+      for name in m.group(1).split('.')[1:]:
+        if name in words:
+          return m.group(1), name
+  return None
+
+
+def config_flag_error(error, argv):
+  """One line for a failure to read --config and its --config.* overrides."""
+  text = str(error)
+  if isinstance(error, flags.IllegalFlagValueError):
+    m = re.match(r'flag (--[\w.]+)=None: Flag .* must have a value', text)
+    if m:
+      return f'{m.group(1)} is required'
+    m = re.match(r'flag (--[\w.]+)=(.*?): (.*)', text, re.S)
+    if not m:
+      return _one_line(text)
+    why = m.group(3)
+    kind = ('give an integer' if 'int()' in why else
+            'give a number' if 'float' in why else
+            'give true or false' if 'oolean' in why else 'give another value')
+    return f'{m.group(1)}={m.group(2)} is invalid: {kind} ({_one_line(why)})'
+  unknown = _unknown_field(error, argv) if isinstance(
+      error, (KeyError, AttributeError)) else None
+  if unknown:
+    path, name = unknown
+    parts = path.split('.')
+    prefix = '.'.join(parts[:parts.index(name)])
+    # ml_collections names the closest field in its message.
+    close = re.search(r'Did you mean \W*"(\w+)"', text)
+    hint = (f': did you mean {prefix}.{close.group(1)}?' if close else
+            f': {prefix} has no field {name!r}')
+    return f'--{path} is not a config field{hint}'
+  files = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+  where = f'={files[-1]}' if files else ''
+  if isinstance(error, OSError) and 'Failed loading config file' in text:
+    return (f'--config{where} cannot be read: '
+            f'{_one_line(text.splitlines()[-1].strip())}; give a config file '
+            'such as configs/digits.py')
+  return (f'--config{where} fails to load: {type(error).__name__}: '
+          f'{_one_line(text)}; fix the config file')
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a config or flag mistake as one line (exit 2).
+
+  Reads --config (which runs the config file) here, so that a broken config
+  file is reported before anything else happens.
+  """
+  try:
+    rest = FLAGS(argv)
+    if 'config' in FLAGS and FLAGS['config'].present:
+      FLAGS.config.keys()  # Loads the file; a failure shows here.
+  except flags.Error as e:
+    if 'config' in str(e) or isinstance(e, flags.IllegalFlagValueError):
+      exit_with(config_flag_error(e, argv), 2)
+    exit_with(_one_line(e), 2)
+  except Exception as e:  # pylint: disable=broad-except
+    # A config file that is missing or fails to import, or an override of
+    # a field it does not have: config_flags raises what the file raised.
+    exit_with(config_flag_error(e, argv), 2)
+  return rest

@@ -1,0 +1,404 @@
+"""Checks of a config's values: one place for each, before anything runs.
+
+Every check raises ConfigError, one line naming the field, its value and the
+fix. Nothing here needs devices, data, files or JAX: those checks (the batch
+over the devices, the data set on disk, checkpoints, Inception weights) are
+preflight's, on the machine that runs the work.
+"""
+
+import difflib
+import json
+import math
+import os
+
+from diffusion_distill import dataset_info
+from diffusion_distill import diffusion
+from diffusion_distill import models
+from diffusion_distill import samplers
+from diffusion_distill import schedules
+from diffusion_distill.models import unet
+
+STAGES = ('teacher', 'distill', 'eval')
+
+
+class ConfigError(ValueError):
+  """A config value is wrong; the message names the field, value and fix."""
+
+
+def require(cond, field, value, fix):
+  """Raises ConfigError `config.FIELD=VALUE is invalid: FIX` unless `cond`."""
+  if not cond:
+    raise ConfigError(f'config.{field}={value!r} is invalid: {fix}')
+
+
+def _is_int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and (
+      math.isfinite(v))
+
+
+def _positive(v):
+  return _is_number(v) and v > 0
+
+
+def _non_negative(v):
+  return _is_number(v) and v >= 0
+
+
+# field -> (test, fix). Fields with a choice of names are in _CHOICES, fields
+# that depend on each other in the _check_* functions below.
+_RANGES = {
+    'seed': (lambda v: _is_int(v) and 0 <= v < 2**31,
+             'use an integer in [0, 2**31)'),
+    'dataset.shuffle_buffer': (_positive, 'must be positive'),
+    'dataset.prefetch': (_positive, 'must be positive'),
+    'model.emb_ch': (_positive, 'must be positive'),
+    'model.num_res_blocks': (_positive, 'must be positive'),
+    'model.dropout': (lambda v: _is_number(v) and 0 <= v < 1,
+                      'use a value in [0, 1)'),
+    'train.batch_size': (_positive, 'must be positive'),
+    'train.num_steps': (_positive, 'must be positive'),
+    'train.learning_rate': (_positive, 'must be positive'),
+    'train.warmup_steps': (_non_negative, 'must be 0 (no warm-up) or positive'),
+    'train.weight_decay': (_non_negative, 'must be 0 or positive'),
+    'train.ema_decay': (lambda v: _is_number(v) and 0 <= v < 1,
+                        'use a value in [0, 1)'),
+    'train.grad_clip': (_non_negative, 'must be 0 (no clipping) or positive'),
+    'train.max_nonfinite_in_a_row': (_non_negative,
+                                     'must be 0 (never stop) or positive'),
+    'train.log_every_steps': (_positive, 'must be positive'),
+    'train.checkpoint_every_steps': (
+        _positive, 'must be positive (the last step is always saved too)'),
+    'train.sample_every_steps': (_non_negative,
+                                 'must be 0 (no sample grids) or positive'),
+    'train.num_grid_samples': (_positive, 'must be positive'),
+    'train.grid_sample_steps': (_positive, 'must be positive'),
+    'distill.start_num_steps': (_positive, 'must be positive'),
+    'distill.end_num_steps': (_positive, 'must be positive'),
+    'distill.steps_per_round': (_positive, 'must be positive'),
+    'distill.last_rounds_multiplier': (_positive, 'must be positive'),
+    'distill.long_rounds_max_steps': (_positive, 'must be positive'),
+    'distill.learning_rate': (_positive, 'must be positive'),
+    'distill.batch_size': (_positive, 'must be positive'),
+    'distill.grad_clip': (_non_negative, 'must be 0 (no clipping) or positive'),
+    'eval.num_samples': (lambda v: _is_int(v) and v >= 2,
+                         'a Frechet distance needs at least 2 samples'),
+    'eval.batch_size': (_positive, 'must be positive'),
+    'eval.num_reference': (lambda v: _is_int(v) and v >= 2,
+                           'reference statistics need at least 2 images'),
+    'eval.ancestral_noise_interp': (lambda v: _is_number(v) and 0 <= v <= 1,
+                                    'use a value in [0, 1]'),
+    'eval.num_seeds': (_positive, 'must be positive'),
+}
+
+_CHOICES = {
+    'dataset.name': tuple(dataset_info.DATASETS),
+    'model.mean_type': diffusion.MEAN_TYPES,
+    'model.loss_weighting': diffusion.LOSS_WEIGHTINGS,
+    'model.dtype': tuple(models.DTYPES),
+    'schedule.name': tuple(schedules.SCHEDULES),
+}
+
+
+def _get(config, field):
+  section, _, name = field.rpartition('.')
+  return (config[section] if section else config)[name]
+
+
+def check_config(config, schema=None):
+  """Raises ConfigError for the first wrong field of `config`.
+
+  With `schema` (configs/base.py's config), a field that it lacks is an
+  error too, with the closest known name: a misspelt field set in a config
+  file would otherwise be ignored.
+  """
+  if schema is not None:
+    check_known_fields(config, schema)
+  _check_stages(config)
+  for field, choices in _CHOICES.items():
+    value = _get(config, field)
+    require(value in choices, field, value, f'use one of {choices}')
+  for field, (test, fix) in _RANGES.items():
+    value = _get(config, field)
+    require(test(value), field, value, fix)
+  _check_dataset(config)
+  _check_dispatch(config)
+  _check_model(config)
+  _check_schedule(config)
+  _check_distill(config)
+  _check_eval(config)
+
+
+def check_known_fields(config, schema, prefix='config'):
+  """Raises ConfigError for a field of `config` that `schema` does not have."""
+  for key in config.keys():
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = (f'did you mean {prefix}.{close[0]}?' if close else
+              f'the fields there are {", ".join(sorted(schema.keys()))}')
+      raise ConfigError(f'{prefix}.{key} is not a config field: {hint}')
+    if hasattr(schema[key], 'keys') and hasattr(config[key], 'keys'):
+      check_known_fields(config[key], schema[key], f'{prefix}.{key}')
+
+
+def _check_stages(config):
+  stages = tuple(config.stages)
+  require(stages, 'stages', stages, f'name at least one of {STAGES}')
+  for s in stages:
+    require(s in STAGES, 'stages', stages,
+            f'each stage must be one of {STAGES}')
+  require(len(set(stages)) == len(stages) and list(stages) == sorted(
+      stages, key=STAGES.index), 'stages', stages,
+          f'name each stage once, in the order {STAGES}')
+
+
+def _check_dataset(config):
+  d = config.dataset
+  info = dataset_info.get(d.name)
+  require(not d.class_conditional or info.num_classes > 1,
+          'dataset.class_conditional', d.class_conditional,
+          f'{d.name!r} has no labels: set '
+          '--config.dataset.class_conditional=False')
+  require(not d.random_flip or info.allows_flip, 'dataset.random_flip',
+          d.random_flip,
+          f'{d.name!r} images must not be mirrored (a mirrored digit is '
+          'not a digit): set --config.dataset.random_flip=False')
+  require(d.data_dir is None or (isinstance(d.data_dir, str) and d.data_dir),
+          'dataset.data_dir', d.data_dir,
+          'give a directory, or leave it unset for TFDS_DATA_DIR')
+
+
+def _check_dispatch(config):
+  """Every step count the loop stops at must be a multiple of k."""
+  t, d = config.train, config.distill
+  k = t.steps_per_dispatch
+  require(_is_int(k) and k > 0, 'train.steps_per_dispatch', k,
+          'must be a positive integer')
+  counts = [('train.num_steps', t.num_steps),
+            ('train.log_every_steps', t.log_every_steps),
+            ('train.checkpoint_every_steps', t.checkpoint_every_steps),
+            ('train.sample_every_steps', t.sample_every_steps),
+            ('distill.steps_per_round', d.steps_per_round),
+            ('distill.steps_per_round * distill.last_rounds_multiplier',
+             d.steps_per_round * d.last_rounds_multiplier)]
+  for field, n in counts:
+    require(n % k == 0, field, n,
+            f'must be a multiple of train.steps_per_dispatch={k} (logging, '
+            'checkpoints and the end of a stage fall between dispatches of '
+            f'{k} steps): use {max(k, n - n % k)} or {n - n % k + k}')
+
+
+def _widths_fail(ch, ch_mult, num_res_blocks):
+  return [w for w in unet.group_norm_widths(ch, ch_mult, num_res_blocks)
+          if unet.num_groups(w) is None]
+
+
+def _nearest_working_ch(ch, ch_mult, num_res_blocks):
+  """The closest ch below and above `ch` whose widths GroupNorm divides."""
+  works = lambda c: c >= 4 and c % 2 == 0 and not _widths_fail(
+      c, ch_mult, num_res_blocks)
+  below = next((c for c in range(ch - 1, 3, -1) if works(c)), None)
+  above = next(c for c in range(ch + 1, 32 * ch + 33) if works(c))
+  return [c for c in (below, above) if c is not None]
+
+
+def _check_model(config):
+  m = config.model
+  info = dataset_info.get(config.dataset.name)
+  require(_is_int(m.ch) and m.ch >= 4 and m.ch % 2 == 0, 'model.ch', m.ch,
+          'use an even width of at least 4 (the time embedding has ch '
+          'features)')
+  mult = tuple(m.ch_mult)
+  require(mult and all(_is_int(k) and k > 0 for k in mult), 'model.ch_mult',
+          mult, 'give one positive integer per resolution level, e.g. (1, 2)')
+  levels = len(mult)
+  require(info.image_size % 2**(levels - 1) == 0, 'model.ch_mult', mult,
+          f'{levels} levels halve {info.image_size}x{info.image_size} '
+          f'images {levels - 1} times: use at most '
+          f'{int(math.log2(info.image_size & -info.image_size)) + 1} levels')
+  bad = _widths_fail(m.ch, mult, m.num_res_blocks)
+  require(not bad, 'model.ch', m.ch,
+          f'GroupNorm\'s 32 groups cannot divide the U-Net width '
+          f'{bad[0] if bad else 0} (from ch x ch_mult={mult} and the skip '
+          'concatenations); the nearest ch that work are ' + ' and '.join(
+              map(str, _nearest_working_ch(m.ch, mult, m.num_res_blocks))))
+  _check_attention(m, info, mult)
+
+
+def _check_attention(m, info, mult):
+  sizes = [info.image_size // 2**i for i in range(len(mult))]
+  for r in m.attn_resolutions:
+    require(r in sizes, 'model.attn_resolutions', tuple(m.attn_resolutions),
+            f'the U-Net has no resolution {r} for {info.image_size}x'
+            f'{info.image_size} images: use some of {tuple(sizes)}')
+  # The middle always attends, at the lowest resolution.
+  widths = {m.ch * mult[-1]} | {
+      m.ch * k for k, r in zip(mult, sizes) if r in m.attn_resolutions}
+  if m.head_dim is not None:
+    require(_is_int(m.head_dim) and m.head_dim > 0 and all(
+        w % m.head_dim == 0 for w in widths), 'model.head_dim', m.head_dim,
+            f'must divide the channels where the U-Net attends '
+            f'{tuple(sorted(widths))}')
+  else:
+    require(_is_int(m.num_heads) and m.num_heads > 0 and all(
+        w % m.num_heads == 0 for w in widths), 'model.num_heads',
+            m.num_heads, f'must divide the channels where the U-Net attends '
+            f'{tuple(sorted(widths))} (or set model.head_dim)')
+
+
+def _check_schedule(config):
+  s = config.schedule
+  for field in ('logsnr_min', 'logsnr_max'):
+    require(_is_number(s[field]), f'schedule.{field}', s[field],
+            'must be a finite number')
+  require(s.logsnr_min < s.logsnr_max, 'schedule.logsnr_min', s.logsnr_min,
+          f'must be below schedule.logsnr_max={s.logsnr_max} (the paper uses '
+          '-20 and 20)')
+
+
+def _is_power_of_two(n):
+  return n >= 1 and (n & (n - 1)) == 0
+
+
+def halves_to(start, end):
+  """Whether `start` is `end` times a power of two (each round halves)."""
+  return start % end == 0 and _is_power_of_two(start // end)
+
+
+def _check_distill(config):
+  d = config.distill
+  for field in ('start_num_steps', 'end_num_steps', 'steps_per_round',
+                'last_rounds_multiplier', 'long_rounds_max_steps',
+                'batch_size'):
+    require(_is_int(d[field]), f'distill.{field}', d[field],
+            'must be an integer')
+  require(halves_to(d.start_num_steps, d.end_num_steps),
+          'distill.start_num_steps', d.start_num_steps,
+          f'must be distill.end_num_steps={d.end_num_steps} times a power of '
+          'two (each round halves the steps)')
+  require(d.teacher_checkpoint is None or (
+      isinstance(d.teacher_checkpoint, str) and d.teacher_checkpoint),
+          'distill.teacher_checkpoint', d.teacher_checkpoint,
+          'give a path, or leave it unset for the teacher in --workdir')
+  if 'distill' in config.stages:
+    require(config.model.mean_type != 'eps', 'model.mean_type',
+            config.model.mean_type,
+            "eps is unstable for distillation (x_hat = (z - sigma eps)/alpha "
+            "as alpha -> 0); use 'x', 'v' or 'both'")
+
+
+def _check_eval(config):
+  e = config.eval
+  steps = tuple(e.sample_steps)
+  require(steps and all(_is_int(n) and n > 0 for n in steps),
+          'eval.sample_steps', steps, 'give positive step counts, e.g. (1, 4)')
+  for field in ('teacher_samplers', 'student_samplers'):
+    names = tuple(e[field])
+    require(names and all(s in samplers.SAMPLERS for s in names),
+            f'eval.{field}', names,
+            f'each sampler must be one of {samplers.SAMPLERS}')
+  require(isinstance(e.inception_weights, str), 'eval.inception_weights',
+          e.inception_weights, 'give a path, or leave it empty for the default')
+
+
+def check_batch_divides(config, num_devices, num_local_devices):
+  """The batches of the stages that run must divide over the devices."""
+  stages = tuple(config.stages)
+  for section, stage in (('train', 'teacher'), ('distill', 'distill')):
+    n = config[section].batch_size
+    if stage in stages:
+      require(n % num_devices == 0, f'{section}.batch_size', n,
+              f'must divide over the {num_devices} devices: use a multiple '
+              f'of {num_devices}')
+  if 'eval' in stages:
+    n = config.eval.batch_size
+    require(n % num_local_devices == 0, 'eval.batch_size', n,
+            f'must divide over the {num_local_devices} local devices')
+
+
+def _is_under(path, workdir):
+  if '://' in path or '://' in workdir:
+    return path.rstrip('/').startswith(workdir.rstrip('/'))
+  path, workdir = os.path.abspath(path), os.path.abspath(workdir)
+  return path == workdir or path.startswith(workdir + os.sep)
+
+
+def check_teacher_choice(config, workdir):
+  """A teacher trained in this run is the one distillation and eval use."""
+  stages = tuple(config.stages)
+  path = config.distill.teacher_checkpoint
+  if path and 'teacher' in stages and (
+      'distill' in stages or 'eval' in stages) and not _is_under(path, workdir):
+    raise ConfigError(
+        f'config.distill.teacher_checkpoint={path!r} is invalid with '
+        f'config.stages={stages}: the teacher trained in --workdir={workdir} '
+        'would be ignored; drop \'teacher\' from config.stages or unset '
+        'distill.teacher_checkpoint')
+
+
+# What a stage that has started has trained with: a re-run in its workdir
+# may not change it (the run would no longer be the one that was stopped).
+# Every other field may change, e.g. train.num_steps (to train longer),
+# distill.end_num_steps (to distill further), the intervals, model.dtype
+# (checkpoints are float32 whatever the compute dtype) and config.eval.
+_FROZEN_ONCE_STARTED = {
+    None: ('seed', 'dataset.name', 'dataset.class_conditional',
+           'dataset.random_flip', 'dataset.shuffle_buffer', 'model.*',
+           'schedule.*'),
+    'teacher': ('train.batch_size', 'train.learning_rate',
+                'train.warmup_steps', 'train.weight_decay', 'train.ema_decay',
+                'train.grad_clip'),
+    'distill': ('distill.teacher_checkpoint', 'distill.start_num_steps',
+                'distill.steps_per_round', 'distill.last_rounds_multiplier',
+                'distill.long_rounds_max_steps', 'distill.learning_rate',
+                'distill.batch_size', 'distill.grad_clip'),
+}
+_MAY_ALWAYS_CHANGE = ('model.dtype',)
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _frozen(field, started):
+  if field in _MAY_ALWAYS_CHANGE:
+    return False
+  for stage, patterns in _FROZEN_ONCE_STARTED.items():
+    if stage is None and not started or stage is not None and (
+        stage not in started):
+      continue
+    for pattern in patterns:
+      if field == pattern or (pattern.endswith('.*') and
+                              field.startswith(pattern[:-1])):
+        return True
+  return False
+
+
+def resume_changes(saved, config, workdir, started):
+  """[(field, old, new)] of the fields that differ from the `saved` config
+  (the workdir's config.json) and may change; raises ConfigError, naming
+  each, if any of the others differ. `started`: the stages with checkpoints.
+  """
+  old = _flat(saved)
+  new = _flat(json.loads(config.to_json_best_effort()))
+  changed = [(f, old[f], new[f]) for f in sorted(new)
+             if f in old and old[f] != new[f]]
+  frozen = [c for c in changed if _frozen(c[0], started)]
+  if frozen:
+    raise ConfigError(
+        f'--workdir={workdir} holds a run that trained with other values of '
+        + ', '.join(f'config.{f} ({o!r} -> {n!r})' for f, o, n in frozen)
+        + ': resuming would mix two runs; use a new --workdir, or set them '
+        'back: ' + ' '.join(
+            f'--config.{f}={json.dumps(o)}'.replace(' ', '')
+            for f, o, _ in frozen))
+  return changed

@@ -1,0 +1,81 @@
+"""Facts about each data set that the model, the sampler and the checks need.
+
+Pure data, no TensorFlow: a trained model can be built and sampled from
+without the input pipeline installed. The input pipeline reads the same
+records to find and preprocess the images.
+"""
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the pipeline need to know about one data set.
+
+  Attributes:
+    image_size: height = width of the images the model sees.
+    channels: image channels.
+    num_classes: number of labels (1 for data sets without labels).
+    tfds_name: TFDS name (with config) the images are read from.
+    allows_flip: whether a left-right mirror image is still a valid example.
+    resize: None when TFDS images already are image_size squares; otherwise
+      the tf.image.resize method applied to their central square crop.
+    build_hint: how to prepare the TFDS data set, for DataNotFoundError.
+    local_build: built on the spot from files bundled with installed
+      packages, with no download.
+  """
+  image_size: int
+  channels: int
+  num_classes: int
+  tfds_name: str
+  allows_flip: bool
+  resize: Optional[str] = None
+  build_hint: str = ''
+  local_build: bool = False
+
+  @property
+  def image_shape(self):
+    return (self.image_size, self.image_size, self.channels)
+
+
+DATASETS = {
+    'cifar10': DatasetInfo(
+        image_size=32, channels=3, num_classes=10, tfds_name='cifar10',
+        allows_flip=True,
+        build_hint='on a machine with internet run '
+                   '`tfds build cifar10 --data_dir=DIR`'),
+    # The paper's ImageNet 64x64 (class-conditional) is built from full-size
+    # ImageNet by area-resizing central square crops.
+    'imagenet64': DatasetInfo(
+        image_size=64, channels=3, num_classes=1000, tfds_name='imagenet2012',
+        allows_flip=True, resize='area',
+        build_hint='put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+                   'in DIR/downloads/manual and run '
+                   '`tfds build imagenet2012 --data_dir=DIR`'),
+    'lsun_church128': DatasetInfo(
+        image_size=128, channels=3, num_classes=1,
+        tfds_name='lsun/church_outdoor', allows_flip=True, resize='bilinear',
+        build_hint='on a machine with internet run '
+                   '`tfds build lsun/church_outdoor --data_dir=DIR`'),
+    'lsun_bedroom128': DatasetInfo(
+        image_size=128, channels=3, num_classes=1, tfds_name='lsun/bedroom',
+        allows_flip=True, resize='bilinear',
+        build_hint='on a machine with internet run '
+                   '`tfds build lsun/bedroom --data_dir=DIR`'),
+    # A mirrored 3 is not a 3: never flip digits.
+    'digits': DatasetInfo(
+        image_size=8, channels=1, num_classes=10, tfds_name='digits',
+        allows_flip=False, local_build=True),
+}
+
+
+def get(name: str) -> DatasetInfo:
+  """The DatasetInfo of `config.dataset.name` (config checks name the choices)."""
+  return DATASETS[name]
+
+
+def num_model_classes(dataset_config) -> int:
+  """Classes the model is conditioned on: 1 (none) unless class_conditional."""
+  info = get(dataset_config.name)
+  return info.num_classes if dataset_config.class_conditional else 1

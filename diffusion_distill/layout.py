@@ -1,0 +1,232 @@
+"""The workdir layout: every path main.py writes, and the models found there.
+
+  WORKDIR/config.json                      the config of the last run
+  WORKDIR/teacher/                         TensorBoard events
+  WORKDIR/teacher/checkpoints/STEP/        Orbax: state + meta
+  WORKDIR/teacher/samples/step_*.png       sample grids
+  WORKDIR/distill/student_NNNNN/...        one per round, the same inside;
+                                           NNNNN = the student's steps
+  WORKDIR/eval/results.{csv,json}, quality_vs_steps.png, reference_*.npz
+  WORKDIR/generated/METHOD_STEPSsteps/     sample.py's images
+
+This module is the only one that knows these names. A model is loaded from
+its checkpoint alone: the checkpoint's meta records the config sections
+that build it.
+"""
+
+import json
+import os
+
+from etils import epath
+import ml_collections
+
+from diffusion_distill import checkpoints
+from diffusion_distill import dataset_info
+from diffusion_distill import inference
+from diffusion_distill import models
+
+CONFIG_FILE = 'config.json'
+TEACHER = 'teacher'
+DISTILL = 'distill'
+EVAL = 'eval'
+
+
+def config_path(workdir):
+  return os.path.join(workdir, CONFIG_FILE)
+
+
+def teacher_dir(workdir):
+  return os.path.join(workdir, TEACHER)
+
+
+def round_dir(workdir, num_student_steps):
+  return os.path.join(workdir, DISTILL, f'student_{num_student_steps:05d}')
+
+
+def eval_dir(workdir):
+  return os.path.join(workdir, EVAL)
+
+
+def checkpoint_dir(stage_dir):
+  return os.path.join(stage_dir, 'checkpoints')
+
+
+def sample_grid_path(stage_dir, step):
+  return os.path.join(stage_dir, 'samples', f'step_{step:08d}.png')
+
+
+def generated_dir(workdir, method, num_steps):
+  return os.path.join(workdir, 'generated', f'{method}_{num_steps}steps')
+
+
+def saved_config(workdir):
+  """The config.json of an earlier run in `workdir` as a dict, or None."""
+  path = epath.Path(config_path(workdir))
+  if not path.exists():
+    return None
+  return json.loads(path.read_text())
+
+
+def write_config(workdir, config):
+  """Creates the workdir and writes config.json (once every check passed)."""
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpoints.write_atomically(config_path(workdir),
+                               config.to_json_best_effort(indent=2))
+
+
+def stage_checkpoint_dir(path):
+  """The Orbax directory of a stage, given a workdir, a stage dir or itself.
+
+  Accepts WORKDIR (uses its teacher), WORKDIR/teacher, a round's directory,
+  or the `checkpoints` directory itself. Returns None when none is there.
+  """
+  path = epath.Path(path)
+  for candidate in (epath.Path(checkpoint_dir(teacher_dir(path))),
+                    epath.Path(checkpoint_dir(path)), path):
+    try:
+      if candidate.is_dir() and any(
+          p.name.isdigit() for p in candidate.iterdir()):
+        return candidate
+    except OSError:
+      continue
+  return None
+
+
+def started_stages(workdir):
+  """{'teacher', 'distill'}: the stages with a checkpoint in `workdir`."""
+  started = set()
+  if stage_checkpoint_dir(teacher_dir(workdir)) is not None:
+    started.add(TEACHER)
+  parent = epath.Path(workdir) / DISTILL
+  if parent.is_dir() and any(stage_checkpoint_dir(p) is not None
+                             for p in parent.iterdir()):
+    started.add(DISTILL)
+  return started
+
+
+def model_meta(config, *, stage, num_sample_steps, stage_num_steps):
+  """What a checkpoint records so that it can be loaded on its own."""
+  return {
+      'stage': stage,
+      'num_sample_steps': num_sample_steps,
+      'stage_num_steps': int(stage_num_steps),
+      'model': config.model.to_dict(),
+      'dataset': {'name': config.dataset.name,
+                  'class_conditional': bool(config.dataset.class_conditional)},
+      'schedule': config.schedule.to_dict(),
+  }
+
+
+def config_from_meta(meta):
+  """The config sections (model, dataset, schedule) a checkpoint recorded."""
+  return ml_collections.ConfigDict({k: meta[k] for k in
+                                    ('model', 'dataset', 'schedule')})
+
+
+def finished_students(workdir):
+  """[(num_sample_steps, checkpoint_dir)] of every finished round, most steps first."""
+  out = []
+  parent = epath.Path(workdir) / DISTILL
+  if not parent.is_dir():
+    return out
+  for round_path in parent.iterdir():
+    d = epath.Path(checkpoint_dir(round_path))
+    if not d.is_dir():
+      continue
+    ckpt = checkpoints.Checkpointer(d, read_only=True)
+    if ckpt.latest_step() is not None:
+      meta = ckpt.restore_meta()
+      # After restore_meta, which skips an unusable latest checkpoint.
+      if ckpt.latest_step() == meta['stage_num_steps']:
+        out.append((meta['num_sample_steps'], os.fspath(d)))
+    ckpt.close()
+  return sorted(out, reverse=True)
+
+
+def load_model(checkpoint_directory, step=None):
+  """(config, model, ema_params, meta) of a stage's checkpoint directory."""
+  ckpt = checkpoints.Checkpointer(checkpoint_directory, read_only=True)
+  meta = ckpt.restore_meta(step)
+  config = config_from_meta(meta)
+  model = models.create_model(config)
+  # Its meta, not restore_meta's: this restore may have skipped an unusable
+  # latest checkpoint.
+  params, meta = ckpt.restore_params(models.abstract_params(model, config),
+                                     'ema_params', step)
+  ckpt.close()
+  return config, model, params, meta
+
+
+def make_sampler(config, model, params, num_steps=None, clip_x=True):
+  """A Sampler for `model` with `params`, shaped by `config`'s data set."""
+  info = dataset_info.get(config.dataset.name)
+  return inference.Sampler(
+      model, params, mean_type=config.model.mean_type,
+      image_shape=info.image_shape,
+      num_classes=dataset_info.num_model_classes(config.dataset),
+      schedule=config.schedule, num_steps=num_steps, clip_x=clip_x,
+      config=config)
+
+
+def latest_model_dir(workdir):
+  """The final student's checkpoints if any round finished, else the teacher's."""
+  students = finished_students(workdir)
+  if students:
+    return students[-1][1]
+  return stage_checkpoint_dir(workdir)
+
+
+class StepCountError(ValueError):
+  """No model of a workdir samples in the number of steps asked for."""
+
+
+def select_model_dir(workdir, num_steps=None):
+  """(checkpoint_dir, note) of the model of `workdir` to sample in `num_steps`.
+
+  Without `num_steps`: the latest model (load_sampler's). With it: the
+  student distilled for exactly `num_steps` steps, else the continuous-time
+  teacher, which samples in any number of steps (`note` then says why it was
+  chosen). A student is never run at another step count than its own: that
+  raises StepCountError, one line listing the counts there are.
+  Reads checkpoint metadata only.
+  """
+  if num_steps is None:
+    return latest_model_dir(workdir), None
+  students = finished_students(workdir)
+  for n, d in students:
+    if n == num_steps:
+      return d, None
+  counts = ', '.join(str(n) for n, _ in students)
+  teacher = stage_checkpoint_dir(workdir)
+  teacher = teacher and os.fspath(teacher)
+  if teacher is not None:
+    own = checkpoints.Checkpointer(teacher, read_only=True).restore_meta().get(
+        'num_sample_steps')
+    if own is None:
+      return teacher, (
+          f'no student in {workdir} was distilled for {num_steps} steps '
+          f'(students: {counts})' if students else None)
+    if own == num_steps:
+      return teacher, None
+    counts = counts or str(own)
+  if not counts:
+    return None, None  # No model at all: load_sampler's error.
+  raise StepCountError(
+      f'--num_steps={num_steps} does not fit {workdir}: its models were '
+      f'distilled for {counts} sampling steps and a distilled model samples '
+      'only in its own count; use one of those, or leave --num_steps out')
+
+
+def load_sampler(workdir, clip_x=True, num_steps=None):
+  """A Sampler for the model of a workdir that samples in `num_steps`.
+
+  By default the latest model (the final student if any round finished,
+  else the teacher); see select_model_dir.
+  """
+  ckpt_dir, _ = select_model_dir(workdir, num_steps)
+  if ckpt_dir is None:
+    raise checkpoints.CheckpointError(
+        f'no model checkpoint under {workdir}: train one with main.py first')
+  config, model, params, meta = load_model(ckpt_dir)
+  return make_sampler(config, model, params,
+                      num_steps=meta.get('num_sample_steps'), clip_x=clip_x)

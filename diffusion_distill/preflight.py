@@ -1,0 +1,277 @@
+"""Everything checked before any work, and the plan of the run.
+
+`check(config, workdir)` runs every check that needs no training: the
+config (config_checks), the division of the batches over the devices, the
+workdir (writable; a resumed run's config unchanged where it matters), the
+Inception weights, the data set, the teacher and what evaluation will read.
+It returns the Plan, with the resolved teacher, that train_and_evaluate
+follows. With `target=False` it skips what only the machine that runs the
+work can check (devices, workdir, weights, data, checkpoints): what
+launchers run on a laptop before they create anything. Each failure is one
+line: ConfigError (a config or workdir mistake) or the error of what is
+missing (CheckpointError, DataNotFoundError, FileNotFoundError).
+"""
+
+import dataclasses
+import logging
+import os
+import tempfile
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_distill import checkpoints
+from diffusion_distill import config_checks
+from diffusion_distill import dataset_info
+from diffusion_distill import distill
+from diffusion_distill import input_pipeline
+from diffusion_distill import models
+from diffusion_distill import teacher as teacher_lib
+from diffusion_distill import teacher_stage
+from diffusion_distill import layout
+from diffusion_distill.config_checks import ConfigError
+from diffusion_distill.config_checks import require
+from diffusion_distill.evaluation import inception
+
+log = logging.getLogger(__name__)
+
+INSTALL_TPU = 'pip install -c constraints.txt -e ".[tpu]"'
+INSTALL_CUDA = 'pip install -c constraints.txt -e ".[cuda12]"'
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a run will do: its stages, rounds and batches, and its teacher.
+
+  `teacher` is resolved when it exists before the run (a teacher of an
+  earlier run, or distill.teacher_checkpoint); None when this run's teacher
+  stage trains it. `rounds` is [(student steps, updates)], from the teacher's
+  own step count when it has one.
+  """
+  stages: tuple
+  teacher: Optional[Any]
+  rounds: list
+  num_devices: Optional[int] = None
+
+
+def devices_line():
+  """The backend, device kind and counts, for the first lines of the log."""
+  devices = jax.devices()
+  return (f'JAX backend {jax.default_backend()}, device kind '
+          f'{devices[0].device_kind}, {jax.local_device_count()} local and '
+          f'{jax.device_count()} global devices, process '
+          f'{jax.process_index()} of {jax.process_count()}')
+
+
+def check_backend(config, allow_cpu=False):
+  """Stops a paper-scale config on a CPU-only JAX (digits is meant for CPUs)."""
+  if allow_cpu or config.dataset.name == 'digits':
+    return
+  if jax.default_backend() == 'cpu':
+    raise ConfigError(
+        f'config.dataset.name={config.dataset.name!r} would train on the CPU: '
+        'this JAX has no TPU or GPU backend; install the accelerator\'s JAX '
+        f'with `{INSTALL_TPU}` (TPU VM) or `{INSTALL_CUDA}` (NVIDIA GPU), or '
+        'pass --allow_cpu to run on the CPU anyway')
+
+
+def check_workdir(workdir):
+  """Raises ConfigError unless `workdir` is or can become a writable dir.
+
+  Creates nothing that stays: the workdir itself is made later, once every
+  other check has passed. Remote paths (gs://...) are left to the first write.
+  """
+  if '://' in workdir:
+    return
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--workdir={workdir} cannot be used: {existing} is not '
+                      'a directory; choose another --workdir')
+  try:
+    # What os.access cannot tell: read-only mounts, ACLs, root squash.
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} cannot be used: {existing} is not '
+                      f'writable ({e.strerror or e}); choose another '
+                      '--workdir') from None
+
+
+def check_resume(config, workdir):
+  """A re-run may not change what the workdir's stages trained; logs what
+  else changed."""
+  saved = layout.saved_config(workdir)
+  if saved is None:
+    return
+  started = layout.started_stages(workdir)
+  for field, old, new in config_checks.resume_changes(saved, config, workdir,
+                                                      started):
+    log.info('config.%s changed since the last run in %s: %r -> %r', field,
+             workdir, old, new)
+
+
+def _check_eval_teacher(config, teacher):
+  """A student as the 'teacher' of evaluation is run at its own steps only."""
+  if teacher.is_student:
+    own = teacher.num_sample_steps
+    steps = tuple(int(n) for n in config.eval.sample_steps)
+    require(all(n == own for n in steps), 'eval.sample_steps', steps,
+            f'{teacher.description} is a student distilled for {own} '
+            'sampling steps (not a teacher to sweep over step counts): set '
+            f'--config.eval.sample_steps="({own},)" or point '
+            'distill.teacher_checkpoint to an undistilled teacher')
+
+
+def _check_students(config, workdir):
+  """Finished students that evaluation will read must be of config's data."""
+  students = layout.finished_students(workdir)
+  for n, student_dir in students:
+    meta = checkpoints.Checkpointer(student_dir, read_only=True).restore_meta()
+    name = meta.get('dataset', {}).get('name', config.dataset.name)
+    if name != config.dataset.name:
+      raise checkpoints.CheckpointError(
+          f'the student distilled for {n} steps in {student_dir} was trained '
+          f'with dataset.name={name!r} but config.dataset.name='
+          f'{config.dataset.name!r}, whose metric and reference images '
+          f'evaluation uses: set --config.dataset.name={name}')
+  return students
+
+
+def _resolve_teacher(config, workdir):
+  """The teacher the stages read, if it exists before the run (else None)."""
+  stages = tuple(config.stages)
+  if 'teacher' in stages:
+    return None  # This run trains it (check_teacher_choice saw to that).
+  if 'distill' in stages or config.distill.teacher_checkpoint or (
+      'eval' in stages and teacher_lib.exists(config, workdir)):
+    return teacher_lib.resolve(config, workdir)
+  return None
+
+
+def check_sources(config, workdir):
+  """The teacher and the models to evaluate: there, readable, of config's kind."""
+  stages = tuple(config.stages)
+  teacher = _resolve_teacher(config, workdir)
+  d = config.distill
+  if teacher is not None and 'distill' in stages and teacher.num_sample_steps:
+    n = teacher.num_sample_steps
+    require(config_checks.halves_to(n, d.end_num_steps),
+            'distill.end_num_steps', d.end_num_steps,
+            f'{teacher.description} samples in {n} steps, where distillation '
+            f'starts: use {n} divided by a power of two')
+  if 'eval' in stages and 'teacher' not in stages:
+    if teacher is not None:
+      _check_eval_teacher(config, teacher)
+    students = _check_students(config, workdir)
+    if teacher is None and not students and 'distill' not in stages:
+      raise checkpoints.CheckpointError(
+          f'nothing to evaluate: --workdir={workdir} has no teacher checkpoint '
+          'and no finished student, and config.distill.teacher_checkpoint is '
+          'unset; add \'teacher\' or \'distill\' to config.stages, or set '
+          '--config.distill.teacher_checkpoint=PATH')
+  return teacher
+
+
+def check(config, workdir, *, target=True) -> Plan:
+  """Runs every check that needs no training; returns the plan. See module."""
+  config_checks.check_config(config)
+  config_checks.check_teacher_choice(config, workdir)
+  teacher, num_devices = None, None
+  if target:
+    num_devices = jax.device_count()
+    config_checks.check_batch_divides(config, num_devices,
+                                      jax.local_device_count())
+    check_workdir(workdir)
+    check_resume(config, workdir)
+    if 'eval' in config.stages and config.dataset.name != 'digits':
+      inception.load_inception_params(config.eval.inception_weights or None)
+    input_pipeline.check_data_available(config)
+    teacher = check_sources(config, workdir)
+  rounds = []
+  if 'distill' in config.stages:
+    rounds = distill.config_round_plan(
+        config, teacher.num_sample_steps if teacher else None)
+  return Plan(stages=tuple(config.stages), teacher=teacher, rounds=rounds,
+              num_devices=num_devices)
+
+
+def _batch(config, batch_size):
+  info = dataset_info.get(config.dataset.name)
+  return {'image': jax.ShapeDtypeStruct((batch_size,) + info.image_shape,
+                                        jnp.float32),
+          'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
+
+def _forward_flops(config, model, params):
+  """XLA's FLOP count of one network evaluation of one image (eval mode)."""
+  batch = _batch(config, 1)
+  lowered = jax.jit(lambda p, x, y: model.apply(
+      {'params': p}, x, jnp.zeros((1,)), y, train=False)).lower(
+          params, batch['image'], batch['label'])
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops') or 0.)
+
+
+def _stage_lines(config, plan):
+  """(name, steps, batch, FLOP per step, detail lines) of each stage."""
+  model = models.create_model(config)
+  params = models.abstract_params(model, config)
+  out = []
+  if 'teacher' in plan.stages:
+    t = config.train
+    step = teacher_stage.make_teacher_step(config, model)
+    out.append(('teacher', t.num_steps, t.batch_size,
+                step.flops(params, _batch(config, t.batch_size)), []))
+  if 'distill' in plan.stages:
+    d = config.distill
+    rounds = distill.Rounds(config, '', plan.rounds)
+    updates = sum(u for _, u in plan.rounds)
+    flops = rounds.step(plan.rounds[0][1]).flops(
+        params, _batch(config, d.batch_size), params, np.int32(1))
+    detail = [f'round {i + 1}: {2 * n} -> {n} sampling steps, {u:,} updates'
+              for i, (n, u) in enumerate(plan.rounds)]
+    out.append(('distill', updates, d.batch_size, flops, detail))
+  if 'eval' in plan.stages:
+    e = config.eval
+    evals = len(e.teacher_samplers) * sum(e.sample_steps) + len(
+        e.student_samplers) * sum(n for n, _ in plan.rounds)
+    images = evals * e.num_samples * e.num_seeds
+    out.append(('eval', images, 1, _forward_flops(config, model, params),
+                [f'{evals} network evaluations per sample, '
+                 f'{e.num_samples:,} samples x {e.num_seeds} seed(s)']))
+  return out
+
+
+def _flop(x):
+  return 'unknown' if not x else f'{x:.3g}'
+
+
+def describe(config, workdir, plan):
+  """The plan as text: stages, rounds, batches and FLOP, for --check."""
+  lines = [f'plan for --workdir={workdir}: stages {", ".join(plan.stages)}']
+  where = (f'{plan.num_devices} devices' if plan.num_devices else
+           'devices not checked here')
+  total = 0.
+  for name, steps, batch, flops, detail in _stage_lines(config, plan):
+    unit = ('network evaluations of one image' if name == 'eval' else
+            f'steps at batch {batch}')
+    per_device = (f' ({batch // plan.num_devices} per device)'
+                  if plan.num_devices and name != 'eval' else '')
+    stage_flops = (flops or 0.) * steps
+    total += stage_flops
+    what = 'per network evaluation' if name == 'eval' else 'per step'
+    lines.append(f'  {name}: {steps:,} {unit}{per_device}; {_flop(flops)} '
+                 f'FLOP {what}, {_flop(stage_flops)} FLOP in all')
+    lines += [f'    {line}' for line in detail]
+  lines.append(f'  {where}; {_flop(total)} FLOP in all stages (XLA cost '
+               'analysis of the compiled step)')
+  if plan.teacher is not None:
+    lines.append(f'  teacher: {plan.teacher.description}')
+  lines.append('check passed: nothing was written')
+  return '\n'.join(lines)

@@ -3,6 +3,7 @@
   python sample.py --workdir=/tmp/digits --num_samples=64
   python sample.py --workdir=/tmp/digits --num_steps=4 --method=stochastic
   python sample.py --workdir=DIR --labels=3,3,7 --num_samples=3 --output_dir=/tmp/out
+  python sample.py --workdir=/tmp/digits_guided --guidance=2 --labels=...
 
 The model is the final student if distillation ran, else the teacher, in
 its own number of steps. --num_steps=N picks the student distilled for N
@@ -37,6 +38,8 @@ flags.DEFINE_list('labels', None, 'Class labels, one per image, for a '
 flags.DEFINE_enum('method', 'ddim', list(samplers.SAMPLERS), 'Sampler.')
 flags.DEFINE_float('noise_interp', 0.5, 'Ancestral variance interpolation.')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
+flags.DEFINE_float('guidance', None, 'Classifier-free guidance strength w, for '
+                   'a guided run\'s models (default: none).')
 flags.DEFINE_string('output_dir', None,
                     'Where to write (default: WORKDIR/generated/METHOD_STEPS).')
 flags.mark_flag_as_required('workdir')
@@ -104,12 +107,16 @@ def main(argv):
   sampler, ckpt_dir = _load(FLAGS.workdir, FLAGS.num_steps)
   _check_labels(labels, sampler, ckpt_dir)
   num_steps = FLAGS.num_steps or sampler.num_steps or sampler.default_num_steps
-  samples = sampler.sample(jax.random.PRNGKey(FLAGS.seed), FLAGS.num_samples,
-                           num_steps=num_steps, labels=labels,
-                           method=FLAGS.method,
-                           noise_interp=FLAGS.noise_interp)
+  try:
+    samples = sampler.sample(jax.random.PRNGKey(FLAGS.seed),
+                             FLAGS.num_samples, num_steps=num_steps,
+                             labels=labels, method=FLAGS.method,
+                             noise_interp=FLAGS.noise_interp,
+                             guidance=FLAGS.guidance)
+  except ValueError as e:  # A guidance the model cannot take.
+    cli.fail(f'--guidance={FLAGS.guidance}: {e} ({ckpt_dir})', 2)
   out = FLAGS.output_dir or layout.generated_dir(
-      FLAGS.workdir, FLAGS.method, num_steps)
+      FLAGS.workdir, FLAGS.method, num_steps, FLAGS.guidance)
   for i, image in enumerate(samples):
     images_lib.save_png(os.path.join(out, f'{i:06d}.png'), image)
   images_lib.save_png(os.path.join(out, 'grid.png'),

@@ -10,7 +10,8 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # Which stages main.py runs, in order: 'teacher', 'distill' (and later 'eval').
+  # Which stages main.py runs, in this order: 'teacher', 'guide' (guided
+  # runs), 'distill', 'eval'.
   config.stages = ('teacher',)
 
   config.dataset = ml_collections.ConfigDict()
@@ -35,6 +36,9 @@ def get_config():
   config.model.loss_weighting = 'snr_trunc'
   # Activations/compute dtype of the U-Net ('float32' or 'bfloat16').
   config.model.dtype = 'float32'
+  # Whether the U-Net takes the guidance strength w: set by the guided
+  # stages ('guide' and the rounds after it), not by hand.
+  config.model.guidance_embedding = False
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = 'cosine'
@@ -77,6 +81,20 @@ def get_config():
   config.distill.batch_size = 128
   config.distill.grad_clip = 1.0
 
+  # Classifier-free guidance, distilled (docs/method.md, section 7). With
+  # label_dropout > 0 the teacher learns a null class too, the 'guide' stage
+  # trains a student that takes w, and the rounds distill that student.
+  config.guidance = ml_collections.ConfigDict()
+  # Probability that a training label is replaced by the null class.
+  config.guidance.label_dropout = 0.0
+  # The range of w the student learns, drawn uniformly per example.
+  config.guidance.w_min = 0.0
+  config.guidance.w_max = 4.0
+  # Stage 1 ('guide'): Adam, learning rate decayed linearly to 0.
+  config.guidance.num_steps = 50_000
+  config.guidance.learning_rate = 1e-4
+  config.guidance.batch_size = 128
+
   config.eval = ml_collections.ConfigDict()
   config.eval.num_samples = 50_000
   # Samples drawn per host per call, split over its devices.
@@ -92,6 +110,8 @@ def get_config():
   # (true posterior), 1 = upper bound.
   config.eval.ancestral_noise_interp = 0.5
   config.eval.num_seeds = 1
+  # Guidance strengths w to sample guided models at (0: unguided).
+  config.eval.guidance = (0.0,)
   # Converted FID Inception weights (scripts/convert_inception_weights.py);
   # empty: $DIFFUSION_DISTILL_INCEPTION_WEIGHTS or the default cache path.
   config.eval.inception_weights = ''

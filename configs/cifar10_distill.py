@@ -13,6 +13,7 @@ Hardware in the paper: 8 TPUv4 chips.
 Cost: 170 GFLOP per example per distillation step (XLA cost analysis), so
 750k updates at batch 128 are 1.6e19 FLOP: about 5 hours at 40% of the bf16
 peak of 8 TPUv4 chips (an estimate from the FLOP count).
+Compute dtype: as in configs/cifar10_teacher.py (bfloat16 on TPUs and GPUs).
 """
 
 from configs import cifar10_teacher

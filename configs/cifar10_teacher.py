@@ -10,6 +10,13 @@ U-Net, 60,004,099 parameters), so 800k steps at batch 128 are 1.0e19 FLOP:
 about 3.3 hours at 40% of the bf16 peak of 8 TPUv4 chips (an estimate from
 the FLOP count, not a measurement). The paper does not give the teacher's
 number of steps; 800k is this project's default.
+Compute dtype: on TPUs and on NVIDIA GPUs from the A100 on, pass
+--config.model.dtype=bfloat16: the activations are then bf16, which the
+matrix units of both multiply at their full rate (on GPUs float32 runs as
+TF32, at half the bf16 rate; on TPUs float32 convolutions already take bf16
+passes, and bf16 halves the activations' memory), while the parameters,
+the optimizer state, the EMA, the loss and the diffusion math stay float32,
+so checkpoints are float32 whatever the dtype. On a CPU keep float32.
 """
 
 from configs import base

@@ -10,6 +10,7 @@ Hardware in the paper: 64 TPUv4 chips.
 Cost: 1,054 GFLOP per example per distillation step (XLA cost analysis), so
 600k updates at batch 2048 are 1.3e21 FLOP: about 51 hours at 40% of the
 bf16 peak of 64 TPUv4 chips (an estimate from the FLOP count).
+Compute dtype: as in configs/imagenet64_teacher.py (bfloat16 on TPUs and GPUs).
 """
 
 from configs import imagenet64_teacher

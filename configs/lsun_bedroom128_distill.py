@@ -5,6 +5,7 @@
 
 Same schedule and cost as configs/lsun_church128_distill.py (same network).
 Hardware in the paper: 64 TPUv4 chips.
+Compute dtype: as in configs/lsun_church128_teacher.py (bfloat16 on TPUs and GPUs).
 """
 
 from configs import lsun_church128_distill

@@ -8,6 +8,7 @@ Hardware in the paper: 64 TPUv4 chips.
 Cost: the same network as configs/lsun_church128_teacher.py: 390 GFLOP per
 example per train step, 3.2e20 FLOP for 400k steps at batch 2048, about 13
 hours at 40% of the bf16 peak of 64 TPUv4 chips (an estimate).
+Compute dtype: as in configs/lsun_church128_teacher.py (bfloat16 on TPUs and GPUs).
 """
 
 from configs import lsun_church128_teacher

@@ -9,6 +9,7 @@ Hardware in the paper: 64 TPUv4 chips.
 Cost: 650 GFLOP per example per distillation step (XLA cost analysis), so
 600k updates at batch 2048 are 8.0e20 FLOP: about 32 hours at 40% of the
 bf16 peak of 64 TPUv4 chips (an estimate from the FLOP count).
+Compute dtype: as in configs/lsun_church128_teacher.py (bfloat16 on TPUs and GPUs).
 """
 
 from configs import lsun_church128_teacher

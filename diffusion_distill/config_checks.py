@@ -18,7 +18,7 @@ from diffusion_distill import samplers
 from diffusion_distill import schedules
 from diffusion_distill.models import unet
 
-STAGES = ('teacher', 'distill', 'eval')
+STAGES = ('teacher', 'guide', 'distill', 'eval')
 
 
 class ConfigError(ValueError):
@@ -92,6 +92,13 @@ _RANGES = {
     'eval.ancestral_noise_interp': (lambda v: _is_number(v) and 0 <= v <= 1,
                                     'use a value in [0, 1]'),
     'eval.num_seeds': (_positive, 'must be positive'),
+    'guidance.label_dropout': (lambda v: _is_number(v) and 0 <= v < 1,
+                               'use a value in [0, 1) (0: no guidance)'),
+    'guidance.w_min': (_non_negative, 'must be 0 or positive'),
+    'guidance.w_max': (_non_negative, 'must be 0 or positive'),
+    'guidance.num_steps': (_positive, 'must be positive'),
+    'guidance.learning_rate': (_positive, 'must be positive'),
+    'guidance.batch_size': (_positive, 'must be positive'),
 }
 
 _CHOICES = {
@@ -129,6 +136,7 @@ def check_config(config, schema=None):
   _check_model(config)
   _check_schedule(config)
   _check_distill(config)
+  _check_guidance(config)
   _check_eval(config)
 
 
@@ -304,10 +312,44 @@ def _check_eval(config):
           e.inception_weights, 'give a path, or leave it empty for the default')
 
 
+def _check_guidance(config):
+  """Guidance needs labels and label dropout; w is sampled where learned."""
+  g = config.guidance
+  stages = tuple(config.stages)
+  if g.label_dropout:
+    require(config.dataset.class_conditional, 'guidance.label_dropout',
+            g.label_dropout,
+            'classifier-free guidance needs a class-conditional model: set '
+            '--config.dataset.class_conditional=True on a data set with '
+            'labels, or --config.guidance.label_dropout=0')
+  require('guide' not in stages or g.label_dropout > 0, 'stages', stages,
+          "stage 'guide' distills a guided teacher: set "
+          '--config.guidance.label_dropout (e.g. 0.1) for the teacher')
+  require(g.w_min <= g.w_max, 'guidance.w_min', g.w_min,
+          f'must not exceed guidance.w_max={g.w_max}')
+  require(g.num_steps % config.train.steps_per_dispatch == 0,
+          'guidance.num_steps', g.num_steps,
+          f'must be a multiple of train.steps_per_dispatch='
+          f'{config.train.steps_per_dispatch}')
+  ws = tuple(config.eval.guidance)
+  require(ws and all(_is_number(w) for w in ws), 'eval.guidance', ws,
+          'give guidance strengths, e.g. (0.0, 1.0)')
+  if any(ws) and not g.label_dropout:
+    raise ConfigError(
+        f'config.eval.guidance={ws} is invalid: guidance needs a model '
+        'trained with label dropout (config.guidance.label_dropout > 0); '
+        'use (0.0,)')
+  if g.label_dropout:
+    require(all(g.w_min <= w <= g.w_max for w in ws), 'eval.guidance', ws,
+            f'the students learn w in [{g.w_min}, {g.w_max}] '
+            '(config.guidance.w_min, w_max): use w in that range')
+
+
 def check_batch_divides(config, num_devices, num_local_devices):
   """The batches of the stages that run must divide over the devices."""
   stages = tuple(config.stages)
-  for section, stage in (('train', 'teacher'), ('distill', 'distill')):
+  for section, stage in (('train', 'teacher'), ('guidance', 'guide'),
+                         ('distill', 'distill')):
     n = config[section].batch_size
     if stage in stages:
       require(n % num_devices == 0, f'{section}.batch_size', n,
@@ -350,7 +392,9 @@ _FROZEN_ONCE_STARTED = {
            'schedule.*'),
     'teacher': ('train.batch_size', 'train.learning_rate',
                 'train.warmup_steps', 'train.weight_decay', 'train.ema_decay',
-                'train.grad_clip'),
+                'train.grad_clip', 'guidance.label_dropout'),
+    'guide': ('guidance.w_min', 'guidance.w_max', 'guidance.learning_rate',
+              'guidance.batch_size'),
     'distill': ('distill.teacher_checkpoint', 'distill.start_num_steps',
                 'distill.steps_per_round', 'distill.last_rounds_multiplier',
                 'distill.long_rounds_max_steps', 'distill.learning_rate',

@@ -75,7 +75,27 @@ def get(name: str) -> DatasetInfo:
   return DATASETS[name]
 
 
-def num_model_classes(dataset_config) -> int:
-  """Classes the model is conditioned on: 1 (none) unless class_conditional."""
-  info = get(dataset_config.name)
-  return info.num_classes if dataset_config.class_conditional else 1
+def has_null_class(config) -> bool:
+  """Whether the model learns a null class (label dropout, for guidance).
+
+  `config` holds the dataset section and, for guided runs, the guidance
+  one (checkpoints written before guidance existed have none).
+  """
+  guidance = config.get('guidance') or {}
+  return bool(config.dataset.class_conditional) and (
+      guidance.get('label_dropout', 0.) > 0)
+
+
+def num_model_classes(config) -> int:
+  """Label values the model embeds: 1 (none) unless class-conditional; the
+  data set's classes, plus the null class (the last) with label dropout."""
+  if not config.dataset.class_conditional:
+    return 1
+  return get(config.dataset.name).num_classes + int(has_null_class(config))
+
+
+def null_label(config):
+  """The label that stands for "no class", or None without label dropout."""
+  if not has_null_class(config):
+    return None
+  return get(config.dataset.name).num_classes

@@ -66,6 +66,16 @@ def predict(model_output, z, logsnr, mean_type, clip_x=False):
   return Prediction(x_hat=x_hat, eps_hat=eps_hat, v_hat=v_hat)
 
 
+def guided_x_hat(x_hat_cond, x_hat_uncond, w):
+  """Classifier-free guidance at strength w (docs/method.md, section 7).
+
+  x_hat_w = (1 + w) x_hat(z, c) - w x_hat(z, null); w = 0 is the conditional
+  model. `w` is a scalar or one value per example.
+  """
+  w = bcast(jnp.asarray(w, x_hat_cond.dtype), x_hat_cond)
+  return (1. + w) * x_hat_cond - w * x_hat_uncond
+
+
 def loss_weight(logsnr, weighting):
   """Weight w(lambda) of the x-space loss w * ||x - x_hat||^2 (docs/method.md, section 3)."""
   if weighting == 'constant':

@@ -54,13 +54,6 @@ def config_round_plan(config, teacher_num_steps=None):
                     d.long_rounds_max_steps)
 
 
-def student_config(config):
-  """The teacher's architecture with dropout off: rounds train without it."""
-  student = config.copy_and_resolve_references()
-  student.model.dropout = 0.
-  return student
-
-
 def _distill_objective(params, batch, rng, teacher_params, num_student_steps,
                        **kwargs):
   return losses.distill_loss(params, teacher_params, batch, rng,
@@ -68,20 +61,25 @@ def _distill_objective(params, batch, rng, teacher_params, num_student_steps,
 
 
 def distill_loss_fn(config, model):
-  """Algorithm 2's loss, `(params, batch, rng, teacher_params, n)`."""
+  """Algorithm 2's loss, `(params, batch, rng, teacher_params, n)`; for a
+  student that takes w, over config.guidance's range of w."""
+  g = config.guidance
   return functools.partial(
       _distill_objective, model_fn=inference.make_model_fn(model),
       mean_type=config.model.mean_type,
       weighting=config.model.loss_weighting,
-      logsnr_fn=schedules.get_logsnr_fn(config.schedule))
+      logsnr_fn=schedules.get_logsnr_fn(config.schedule),
+      w_range=((g.w_min, g.w_max) if model.guidance_embedding else None))
 
 
 class Rounds:
   """What every round of one run shares: the student's model, its loss, its
-  sampler, and one compiled step per round length (built on first use)."""
+  sampler, and one compiled step per round length (built on first use).
+  With `takes_guidance` the students take w (stage 2 of guided
+  distillation)."""
 
-  def __init__(self, config, workdir, plan):
-    self.config = student_config(config)
+  def __init__(self, config, workdir, plan, takes_guidance=False):
+    self.config = models.student_config(config, takes_guidance)
     self.workdir = workdir
     self.plan = plan
     self.model = models.create_model(self.config)
@@ -136,7 +134,7 @@ def distill(config, workdir, teacher=None, step_hook=None):
   `teacher` is the resolved teacher (preflight's); None resolves it now,
   e.g. after this run's teacher stage trained it.
   """
-  teacher = teacher or teacher_lib.resolve(config, workdir)
+  teacher = teacher or teacher_lib.resolve(config, workdir, 'distill')
   params = teacher_lib.load(teacher)
   d = config.distill
   if teacher.num_sample_steps and teacher.num_sample_steps != d.start_num_steps:
@@ -144,7 +142,8 @@ def distill(config, workdir, teacher=None, step_hook=None):
              'there, not from distill.start_num_steps=%d',
              teacher.num_sample_steps, d.start_num_steps)
   rounds = Rounds(config, workdir,
-                  config_round_plan(config, teacher.num_sample_steps))
+                  config_round_plan(config, teacher.num_sample_steps),
+                  takes_guidance=teacher.takes_guidance)
   for index in range(len(rounds.plan)):
     stage = rounds.stage(index, params)
     stage.step_hook = step_hook

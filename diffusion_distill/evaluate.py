@@ -2,13 +2,16 @@
 
 For the teacher it sweeps `eval.sample_steps` with each of
 `eval.teacher_samplers`; for every finished student it uses each of
-`eval.student_samplers` at the student's own step count. Each row is one
-(model, sampler, num_steps, seed) with the metric of `eval.num_samples`
-samples, streamed in batches so memory does not grow with their number.
+`eval.student_samplers` at the student's own step count. Guided runs do so
+at each guidance strength w of `eval.guidance`. Each row is one (model,
+sampler, num_steps, seed, guidance) with the metric of `eval.num_samples`
+samples, streamed in batches so memory does not grow with their number; on
+digits also the label accuracy of class-conditional samples.
 
-Writes WORKDIR/eval/results.{csv,json} and WORKDIR/eval/quality_vs_steps.png
-(and the same to TensorBoard). Rows already in results.json are kept, so a
-re-run after an interruption only computes what is missing.
+Writes WORKDIR/eval/results.{csv,json}, quality_vs_steps.png and, with
+several w, guidance_tradeoff.png (and the same to TensorBoard). Rows already
+in results.json are kept, so a re-run after an interruption only computes
+what is missing.
 """
 
 import csv
@@ -24,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from diffusion_distill import checkpoints
+from diffusion_distill import dataset_info
 from diffusion_distill import input_pipeline
 from diffusion_distill import models
 from diffusion_distill import preemption
@@ -32,7 +36,7 @@ from diffusion_distill import layout
 from diffusion_distill.evaluation import frechet
 from diffusion_distill.evaluation import metrics as metrics_lib
 
-COLUMNS = ('model', 'sampler', 'num_steps', 'seed')
+COLUMNS = ('model', 'sampler', 'num_steps', 'seed', 'guidance')
 log = logging.getLogger(__name__)
 
 
@@ -70,20 +74,25 @@ def reference_stats(config, metric, eval_dir):
 
 
 def plan_rows(config, workdir, teacher):
-  """[(model, sampler, num_steps, source)]: what the sweep measures.
+  """[(model, sampler, num_steps, guidance, source)]: what the sweep measures.
 
   A source is a resolved teacher (teacher.Teacher), or the checkpoint
-  directory of a finished student.
+  directory of a finished student. Guided runs sample every model at each
+  w of eval.guidance, others at w = 0 only.
   """
   e = config.eval
+  ws = ([float(w) for w in e.guidance]
+        if dataset_info.has_null_class(config) else [0.])
   plan = []
   if teacher is not None:
-    for method in e.teacher_samplers:
-      for n in e.sample_steps:
-        plan.append(('teacher', method, int(n), teacher))
+    for w in ws:
+      for method in e.teacher_samplers:
+        for n in e.sample_steps:
+          plan.append(('teacher', method, int(n), w, teacher))
   for n, d in layout.finished_students(workdir):
-    for method in e.student_samplers:
-      plan.append(('student', method, int(n), d))
+    for w in ws:
+      for method in e.student_samplers:
+        plan.append(('student', method, int(n), w, d))
   return plan
 
 
@@ -112,20 +121,24 @@ class _Models:
 
 
 def _read_rows(path):
+  """The rows of an earlier run; those written before guidance had w = 0."""
   path = epath.Path(path)
-  return json.loads(path.read_text()) if path.exists() else []
+  rows = json.loads(path.read_text()) if path.exists() else []
+  for r in rows:
+    r.setdefault('guidance', 0.)
+  return rows
 
 
 def _measure_row(config, sampler, metric, reference, key):
-  model_name, method, n, seed = key
+  model_name, method, n, seed, w = key
   e = config.eval
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), jax.process_index())
   per_process = -(-e.num_samples // jax.process_count())
   stats, class_stats = metrics_lib.measure(metric, sampler.sample_batches(
       rng, per_process, e.batch_size, num_steps=n, method=method,
-      noise_interp=e.ancestral_noise_interp))
+      noise_interp=e.ancestral_noise_interp, guidance=w or None))
   return {'model': model_name, 'sampler': method, 'num_steps': n,
-          'seed': seed, 'num_samples': stats.count,
+          'seed': seed, 'guidance': w, 'num_samples': stats.count,
           **metric.summarize(stats, class_stats, reference)}
 
 
@@ -135,8 +148,8 @@ def evaluate(config, workdir, teacher=None):
   `teacher` is the resolved teacher to sweep (preflight's), or None to
   resolve it now if there is one.
   """
-  if teacher is None and teacher_lib.exists(config, workdir):
-    teacher = teacher_lib.resolve(config, workdir)
+  if teacher is None and teacher_lib.exists(config, workdir, 'eval'):
+    teacher = teacher_lib.resolve(config, workdir, 'eval')
   eval_dir = layout.eval_dir(workdir)
   metric = metrics_lib.make_metric(config.dataset.name,
                                    config.eval.inception_weights)
@@ -147,9 +160,9 @@ def evaluate(config, workdir, teacher=None):
   rows = _read_rows(results_path)
   done = {tuple(r[c] for c in COLUMNS) for r in rows}
   loaded = _Models()
-  for model_name, method, n, source in plan_rows(config, workdir, teacher):
+  for model_name, method, n, w, source in plan_rows(config, workdir, teacher):
     for seed in range(config.seed, config.seed + config.eval.num_seeds):
-      key = (model_name, method, n, seed)
+      key = (model_name, method, n, seed, w)
       if key in done:
         continue
       if preemption.requested():  # Rows already measured are in results.json.
@@ -183,20 +196,73 @@ def write_outputs(rows, metric_name, eval_dir):
   for r in rows:
     writer.write_scalars(r['num_steps'], {
         f'{metric_name}/{r["model"]}_{r["sampler"]}': r[metric_name]})
+  plots = {}
   if rows:
-    png = plot_quality_vs_steps(rows, metric_name)
-    checkpoints.write_atomically(
-        os.path.join(eval_dir, 'quality_vs_steps.png'), png)
+    plots['quality_vs_steps'] = plot_quality_vs_steps(
+        [r for r in rows if not r['guidance']] or rows, metric_name)
+  if len({r['guidance'] for r in rows}) > 1:
+    plots['guidance_tradeoff'] = plot_guidance_tradeoff(rows, metric_name)
+  for name, png in plots.items():
+    checkpoints.write_atomically(os.path.join(eval_dir, f'{name}.png'), png)
     image = np.asarray(Image.open(io.BytesIO(png)).convert('RGB'))
-    writer.write_images(0, {'quality_vs_steps': image[None]})
+    writer.write_images(0, {name: image[None]})
   writer.flush()
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _png(fig, plt):
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png')
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def _axis_label(metric_name):
+  return {'fid': 'FID', 'fd_digits': 'FD-digits', 'label_accuracy':
+          'label accuracy', 'inception_score': 'Inception Score'}[metric_name]
+
+
+def plot_guidance_tradeoff(rows, metric_name):
+  """PNG bytes: the metric against label accuracy (digits) or the Inception
+  Score, one curve per model (the teacher at its most steps, each student,
+  DDIM), one point per guidance strength w, averaged over seeds."""
+  plt = _pyplot()
+  other = 'label_accuracy' if metric_name == 'fd_digits' else 'inception_score'
+  ddim = [r for r in rows if r['sampler'] == 'ddim' and other in r]
+  teacher_steps = max((r['num_steps'] for r in ddim if r['model'] == 'teacher'),
+                      default=None)
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  curves = sorted({(r['model'], r['num_steps']) for r in ddim
+                   if r['model'] == 'student' or
+                   r['num_steps'] == teacher_steps})
+  for model_name, n in curves:
+    points = {}
+    for r in ddim:
+      if (r['model'], r['num_steps']) == (model_name, n):
+        points.setdefault(r['guidance'], []).append((r[other], r[metric_name]))
+    ws = sorted(points)
+    xs = [float(np.mean([p[0] for p in points[w]])) for w in ws]
+    ys = [float(np.mean([p[1] for p in points[w]])) for w in ws]
+    ax.plot(xs, ys, marker='o', label=f'{model_name}, {n} steps')
+    for w, x, y in zip(ws, xs, ys):
+      ax.annotate(f'w={w:g}', (x, y), fontsize=6)
+  ax.set_xlabel(_axis_label(other))
+  ax.set_ylabel(_axis_label(metric_name))
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7)
+  return _png(fig, plt)
 
 
 def plot_quality_vs_steps(rows, metric_name):
   """PNG bytes: metric against sampling steps (log scale), a line per model/sampler."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   lines = sorted({(r['model'], r['sampler']) for r in rows})
   for model_name, method in lines:
@@ -212,12 +278,7 @@ def plot_quality_vs_steps(rows, metric_name):
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
   ax.set_xlabel('sampling steps')
-  ax.set_ylabel(metric_name.replace('_', '-').upper()
-                if metric_name == 'fid' else 'FD-digits')
+  ax.set_ylabel(_axis_label(metric_name))
   ax.grid(True, which='both', alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format='png')
-  plt.close(fig)
-  return buf.getvalue()
+  return _png(fig, plt)

@@ -4,10 +4,12 @@
   WORKDIR/teacher/                         TensorBoard events
   WORKDIR/teacher/checkpoints/STEP/        Orbax: state + meta
   WORKDIR/teacher/samples/step_*.png       sample grids
+  WORKDIR/guide/...                        guided runs: the student that
+                                           takes w (stage 1), the same inside
   WORKDIR/distill/student_NNNNN/...        one per round, the same inside;
                                            NNNNN = the student's steps
   WORKDIR/eval/results.{csv,json}, quality_vs_steps.png, reference_*.npz
-  WORKDIR/generated/METHOD_STEPSsteps/     sample.py's images
+  WORKDIR/generated/METHOD_STEPSsteps[_wW]/ sample.py's images
 
 This module is the only one that knows these names. A model is loaded from
 its checkpoint alone: the checkpoint's meta records the config sections
@@ -27,6 +29,7 @@ from diffusion_distill import models
 
 CONFIG_FILE = 'config.json'
 TEACHER = 'teacher'
+GUIDE = 'guide'
 DISTILL = 'distill'
 EVAL = 'eval'
 
@@ -37,6 +40,10 @@ def config_path(workdir):
 
 def teacher_dir(workdir):
   return os.path.join(workdir, TEACHER)
+
+
+def guide_dir(workdir):
+  return os.path.join(workdir, GUIDE)
 
 
 def round_dir(workdir, num_student_steps):
@@ -55,8 +62,10 @@ def sample_grid_path(stage_dir, step):
   return os.path.join(stage_dir, 'samples', f'step_{step:08d}.png')
 
 
-def generated_dir(workdir, method, num_steps):
-  return os.path.join(workdir, 'generated', f'{method}_{num_steps}steps')
+def generated_dir(workdir, method, num_steps, guidance=None):
+  suffix = f'_w{guidance:g}' if guidance else ''
+  return os.path.join(workdir, 'generated',
+                      f'{method}_{num_steps}steps{suffix}')
 
 
 def saved_config(workdir):
@@ -93,10 +102,12 @@ def stage_checkpoint_dir(path):
 
 
 def started_stages(workdir):
-  """{'teacher', 'distill'}: the stages with a checkpoint in `workdir`."""
+  """{'teacher', 'guide', 'distill'}: the stages with a checkpoint there."""
   started = set()
   if stage_checkpoint_dir(teacher_dir(workdir)) is not None:
     started.add(TEACHER)
+  if stage_checkpoint_dir(checkpoint_dir(guide_dir(workdir))) is not None:
+    started.add(GUIDE)
   parent = epath.Path(workdir) / DISTILL
   if parent.is_dir() and any(stage_checkpoint_dir(p) is not None
                              for p in parent.iterdir()):
@@ -106,7 +117,7 @@ def started_stages(workdir):
 
 def model_meta(config, *, stage, num_sample_steps, stage_num_steps):
   """What a checkpoint records so that it can be loaded on its own."""
-  return {
+  meta = {
       'stage': stage,
       'num_sample_steps': num_sample_steps,
       'stage_num_steps': int(stage_num_steps),
@@ -115,12 +126,19 @@ def model_meta(config, *, stage, num_sample_steps, stage_num_steps):
                   'class_conditional': bool(config.dataset.class_conditional)},
       'schedule': config.schedule.to_dict(),
   }
+  if dataset_info.has_null_class(config):
+    g = config.guidance
+    meta['guidance'] = {'label_dropout': float(g.label_dropout),
+                        'w_min': float(g.w_min), 'w_max': float(g.w_max)}
+  return meta
 
 
 def config_from_meta(meta):
-  """The config sections (model, dataset, schedule) a checkpoint recorded."""
+  """The config sections (model, dataset, schedule, guidance) a checkpoint
+  recorded; guidance only for guided runs' checkpoints."""
   return ml_collections.ConfigDict({k: meta[k] for k in
-                                    ('model', 'dataset', 'schedule')})
+                                    ('model', 'dataset', 'schedule',
+                                     'guidance') if k in meta})
 
 
 def finished_students(workdir):
@@ -160,10 +178,14 @@ def load_model(checkpoint_directory, step=None):
 def make_sampler(config, model, params, num_steps=None, clip_x=True):
   """A Sampler for `model` with `params`, shaped by `config`'s data set."""
   info = dataset_info.get(config.dataset.name)
+  guidance = config.get('guidance')
   return inference.Sampler(
       model, params, mean_type=config.model.mean_type,
       image_shape=info.image_shape,
-      num_classes=dataset_info.num_model_classes(config.dataset),
+      num_classes=info.num_classes if config.dataset.class_conditional else 1,
+      null_label=dataset_info.null_label(config),
+      guidance_range=((guidance.w_min, guidance.w_max)
+                      if model.guidance_embedding else None),
       schedule=config.schedule, num_steps=num_steps, clip_x=clip_x,
       config=config)
 

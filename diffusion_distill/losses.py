@@ -1,6 +1,7 @@
-"""Training losses: the teacher's (Algorithm 1) and distillation (Algorithm 2).
+"""Training losses: the teacher's (Algorithm 1), distillation (Algorithm 2)
+and stage 1 of guided distillation (docs/method.md, sections 3, 4 and 7).
 
-Both are pure functions of explicit parameters. A `model_fn` has the signature
+All are pure functions of explicit parameters. A `model_fn` has the signature
 `model_fn(params, z, logsnr, y, train, rng) -> raw network output`; `predict`
 turns that output into x_hat according to the parameterization. The losses
 return the batch mean and the per-example terms.
@@ -20,11 +21,24 @@ def sample_time(rng, batch_size, num_steps=0):
   return jax.random.uniform(rng, (batch_size,))
 
 
+def drop_labels(rng, labels, rate, null_label):
+  """Each label replaced by `null_label` with probability `rate`."""
+  drop = jax.random.uniform(rng, labels.shape) < rate
+  return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
 def teacher_loss(params, batch, rng, *, model_fn, mean_type, weighting,
-                 logsnr_fn, num_steps=0):
-  """Weighted x-space denoising loss at t ~ U[0, 1] (or on an N-step grid)."""
+                 logsnr_fn, num_steps=0, label_dropout=0., null_label=None):
+  """Weighted x-space denoising loss at t ~ U[0, 1] (or on an N-step grid).
+
+  With `label_dropout` > 0, that share of the labels is the null class: the
+  model learns the unconditional prediction too (classifier-free guidance).
+  """
   x = batch['image']
   y = batch.get('label')
+  if label_dropout:
+    rng, rng_drop = jax.random.split(rng)
+    y = drop_labels(rng_drop, y, label_dropout, null_label)
   rng_t, rng_eps, rng_model = jax.random.split(rng, 3)
   logsnr = logsnr_fn(sample_time(rng_t, x.shape[0], num_steps))
   eps = jax.random.normal(rng_eps, x.shape, x.dtype)
@@ -53,8 +67,49 @@ def two_step_target(teacher_x_hat_fn, z_t, logsnr_t, logsnr_mid, logsnr_s,
   return jnp.where(diffusion.bcast(is_last, z_t), x_hat_mid, x_tilde)
 
 
+def guided_target(teacher_x_hat_fn, z, logsnr, labels, null_labels, w):
+  """The guided teacher's x_hat_w(z_t), the target of stage 1 (section 7).
+
+  `teacher_x_hat_fn(z, logsnr, labels) -> x_hat`: the conditional and the
+  unconditional (null label) predictions, combined at strength w.
+  """
+  return diffusion.guided_x_hat(teacher_x_hat_fn(z, logsnr, labels),
+                                teacher_x_hat_fn(z, logsnr, null_labels), w)
+
+
+def guidance_loss(params, teacher_params, batch, rng, *, model_fn,
+                  teacher_model_fn, mean_type, weighting, logsnr_fn,
+                  w_range, null_label):
+  """Stage 1: a student that takes w learns the guided teacher's x_hat_w.
+
+  t ~ U[0, 1] (the teacher's continuous time) and w ~ U[w_min, w_max] per
+  example; the student is evaluated once, the teacher (eval mode, gradients
+  stopped) twice. The loss has the teacher's weighting.
+  """
+  x = batch['image']
+  y = batch['label']
+  rng_t, rng_w, rng_eps, rng_model = jax.random.split(rng, 4)
+  logsnr = logsnr_fn(sample_time(rng_t, x.shape[0]))
+  w = jax.random.uniform(rng_w, (x.shape[0],), minval=w_range[0],
+                         maxval=w_range[1])
+  z = diffusion.diffuse(x, jax.random.normal(rng_eps, x.shape, x.dtype),
+                        logsnr)
+
+  def teacher_x_hat(zz, ll, labels):
+    out = teacher_model_fn(teacher_params, zz, ll, labels, False, None)
+    return diffusion.predict(out, zz, ll, mean_type).x_hat
+
+  target = jax.lax.stop_gradient(guided_target(
+      teacher_x_hat, z, logsnr, y, jnp.full_like(y, null_label), w))
+  out = model_fn(params, z, logsnr, (y, w), True, rng_model)
+  x_hat = diffusion.predict(out, z, logsnr, mean_type).x_hat
+  per_example = diffusion.loss_weight(logsnr, weighting) * diffusion.mean_flat(
+      jnp.square(target - x_hat))
+  return per_example.mean(), per_example
+
+
 def distill_loss(params, teacher_params, batch, rng, *, model_fn, mean_type,
-                 weighting, logsnr_fn, num_student_steps):
+                 weighting, logsnr_fn, num_student_steps, w_range=None):
   """Algorithm 2: the student learns to do in one step what the teacher does in two.
 
   The student samples in `num_student_steps` steps on the grid t_i = i/N (an
@@ -62,11 +117,17 @@ def distill_loss(params, teacher_params, batch, rng, *, model_fn, mean_type,
   teacher runs in eval mode (no dropout, no clipping) and its target is
   computed in float32 with gradients stopped. `mean_type` 'eps' is unstable
   here (x_hat = (z - sigma eps)/alpha as alpha -> 0): config_checks refuses
-  it for distillation.
+  it for distillation. With `w_range`, student and teacher take w (stage 2
+  of guided distillation): w ~ U[w_min, w_max] per example, the same for
+  both, so the target is two DDIM steps of the teacher at the student's w.
   """
   x = batch['image']
   y = batch.get('label')
   n = num_student_steps
+  if w_range is not None:
+    rng, rng_w = jax.random.split(rng)
+    y = (y, jax.random.uniform(rng_w, (x.shape[0],), minval=w_range[0],
+                               maxval=w_range[1]))
   rng_i, rng_eps, rng_model = jax.random.split(rng, 3)
   i = jax.random.randint(rng_i, (x.shape[0],), 1, n + 1)
   t = i.astype(jnp.float32) / n

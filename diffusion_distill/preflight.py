@@ -26,6 +26,7 @@ from diffusion_distill import checkpoints
 from diffusion_distill import config_checks
 from diffusion_distill import dataset_info
 from diffusion_distill import distill
+from diffusion_distill import guide_stage
 from diffusion_distill import input_pipeline
 from diffusion_distill import models
 from diffusion_distill import teacher as teacher_lib
@@ -43,15 +44,16 @@ INSTALL_CUDA = 'pip install -c constraints.txt -e ".[cuda12]"'
 
 @dataclasses.dataclass
 class Plan:
-  """What a run will do: its stages, rounds and batches, and its teacher.
+  """What a run will do: its stages, rounds and batches, and its teachers.
 
-  `teacher` is resolved when it exists before the run (a teacher of an
-  earlier run, or distill.teacher_checkpoint); None when this run's teacher
-  stage trains it. `rounds` is [(student steps, updates)], from the teacher's
-  own step count when it has one.
+  `teachers` maps a stage ('guide', 'distill', 'eval') to its resolved
+  teacher when that exists before the run (trained by an earlier run, or
+  distill.teacher_checkpoint); a teacher this run trains is resolved when
+  its stage starts. `rounds` is [(student steps, updates)], from the
+  teacher's own step count when it has one.
   """
   stages: tuple
-  teacher: Optional[Any]
+  teachers: dict
   rounds: list
   num_devices: Optional[int] = None
 
@@ -142,46 +144,57 @@ def _check_students(config, workdir):
   return students
 
 
-def _resolve_teacher(config, workdir):
-  """The teacher the stages read, if it exists before the run (else None)."""
+def _resolve_teachers(config, workdir):
+  """{stage: teacher} of the stages whose teacher exists before the run."""
   stages = tuple(config.stages)
-  if 'teacher' in stages:
-    return None  # This run trains it (check_teacher_choice saw to that).
-  if 'distill' in stages or config.distill.teacher_checkpoint or (
-      'eval' in stages and teacher_lib.exists(config, workdir)):
-    return teacher_lib.resolve(config, workdir)
-  return None
+  out = {}
+  guided = dataset_info.has_null_class(config)
+  if 'guide' in stages and 'teacher' not in stages:
+    out['guide'] = teacher_lib.resolve(config, workdir, 'guide')
+  trained_here = 'guide' in stages if guided else 'teacher' in stages
+  if 'distill' in stages and not trained_here:
+    out['distill'] = teacher_lib.resolve(config, workdir, 'distill')
+  if 'eval' in stages and 'teacher' not in stages and (
+      config.distill.teacher_checkpoint or
+      teacher_lib.exists(config, workdir, 'eval')):
+    teacher = teacher_lib.resolve(config, workdir, 'eval')
+    same = [t for t in out.values() if t.checkpoint_dir and
+            t.checkpoint_dir == teacher.checkpoint_dir]
+    out['eval'] = same[0] if same else teacher
+  return out
 
 
 def check_sources(config, workdir):
-  """The teacher and the models to evaluate: there, readable, of config's kind."""
+  """The teachers and the models to evaluate: there, readable, of config's
+  kind; returns {stage: teacher} (see Plan)."""
   stages = tuple(config.stages)
-  teacher = _resolve_teacher(config, workdir)
+  teachers = _resolve_teachers(config, workdir)
   d = config.distill
-  if teacher is not None and 'distill' in stages and teacher.num_sample_steps:
+  teacher = teachers.get('distill')
+  if teacher is not None and teacher.num_sample_steps:
     n = teacher.num_sample_steps
     require(config_checks.halves_to(n, d.end_num_steps),
             'distill.end_num_steps', d.end_num_steps,
             f'{teacher.description} samples in {n} steps, where distillation '
             f'starts: use {n} divided by a power of two')
   if 'eval' in stages and 'teacher' not in stages:
-    if teacher is not None:
-      _check_eval_teacher(config, teacher)
+    if teachers.get('eval') is not None:
+      _check_eval_teacher(config, teachers['eval'])
     students = _check_students(config, workdir)
-    if teacher is None and not students and 'distill' not in stages:
+    if 'eval' not in teachers and not students and 'distill' not in stages:
       raise checkpoints.CheckpointError(
           f'nothing to evaluate: --workdir={workdir} has no teacher checkpoint '
           'and no finished student, and config.distill.teacher_checkpoint is '
           'unset; add \'teacher\' or \'distill\' to config.stages, or set '
           '--config.distill.teacher_checkpoint=PATH')
-  return teacher
+  return teachers
 
 
 def check(config, workdir, *, target=True) -> Plan:
   """Runs every check that needs no training; returns the plan. See module."""
   config_checks.check_config(config)
   config_checks.check_teacher_choice(config, workdir)
-  teacher, num_devices = None, None
+  teachers, num_devices = {}, None
   if target:
     num_devices = jax.device_count()
     config_checks.check_batch_divides(config, num_devices,
@@ -191,12 +204,13 @@ def check(config, workdir, *, target=True) -> Plan:
     if 'eval' in config.stages and config.dataset.name != 'digits':
       inception.load_inception_params(config.eval.inception_weights or None)
     input_pipeline.check_data_available(config)
-    teacher = check_sources(config, workdir)
+    teachers = check_sources(config, workdir)
   rounds = []
   if 'distill' in config.stages:
+    teacher = teachers.get('distill')
     rounds = distill.config_round_plan(
         config, teacher.num_sample_steps if teacher else None)
-  return Plan(stages=tuple(config.stages), teacher=teacher, rounds=rounds,
+  return Plan(stages=tuple(config.stages), teachers=teachers, rounds=rounds,
               num_devices=num_devices)
 
 
@@ -228,24 +242,45 @@ def _stage_lines(config, plan):
     step = teacher_stage.make_teacher_step(config, model)
     out.append(('teacher', t.num_steps, t.batch_size,
                 step.flops(params, _batch(config, t.batch_size)), []))
+  if 'guide' in plan.stages:
+    g = config.guidance
+    student = models.student_config(config, takes_guidance=True)
+    student_model = models.create_model(student)
+    step = guide_stage.make_guide_step(student, student_model, model)
+    out.append(('guide', g.num_steps, g.batch_size, step.flops(
+        models.abstract_params(student_model, student),
+        _batch(config, g.batch_size), params), []))
   if 'distill' in plan.stages:
     d = config.distill
-    rounds = distill.Rounds(config, '', plan.rounds)
+    rounds = distill.Rounds(config, '', plan.rounds,
+                            takes_guidance=dataset_info.has_null_class(config))
+    student_params = models.abstract_params(rounds.model, rounds.config)
     updates = sum(u for _, u in plan.rounds)
     flops = rounds.step(plan.rounds[0][1]).flops(
-        params, _batch(config, d.batch_size), params, np.int32(1))
+        student_params, _batch(config, d.batch_size), student_params,
+        np.int32(1))
     detail = [f'round {i + 1}: {2 * n} -> {n} sampling steps, {u:,} updates'
               for i, (n, u) in enumerate(plan.rounds)]
     out.append(('distill', updates, d.batch_size, flops, detail))
   if 'eval' in plan.stages:
-    e = config.eval
-    evals = len(e.teacher_samplers) * sum(e.sample_steps) + len(
-        e.student_samplers) * sum(n for n, _ in plan.rounds)
-    images = evals * e.num_samples * e.num_seeds
-    out.append(('eval', images, 1, _forward_flops(config, model, params),
-                [f'{evals} network evaluations per sample, '
-                 f'{e.num_samples:,} samples x {e.num_seeds} seed(s)']))
+    out.append(_eval_line(config, plan, model, params))
   return out
+
+
+def _eval_line(config, plan, model, params):
+  """Network evaluations of one image in all of evaluation's rows."""
+  e = config.eval
+  ws = ([float(w) for w in e.guidance]
+        if dataset_info.has_null_class(config) else [0.])
+  # A guided teacher evaluates twice per step at w != 0; a student once.
+  teacher = sum(2 if w else 1 for w in ws) * len(e.teacher_samplers) * sum(
+      e.sample_steps)
+  students = len(ws) * len(e.student_samplers) * sum(n for n, _ in plan.rounds)
+  evals = teacher + students
+  return ('eval', evals * e.num_samples * e.num_seeds, 1,
+          _forward_flops(config, model, params),
+          [f'{evals} network evaluations per sample, {e.num_samples:,} '
+           f'samples x {e.num_seeds} seed(s)'])
 
 
 def _flop(x):
@@ -271,7 +306,7 @@ def describe(config, workdir, plan):
     lines += [f'    {line}' for line in detail]
   lines.append(f'  {where}; {_flop(total)} FLOP in all stages (XLA cost '
                'analysis of the compiled step)')
-  if plan.teacher is not None:
-    lines.append(f'  teacher: {plan.teacher.description}')
+  for stage, teacher in plan.teachers.items():
+    lines.append(f'  teacher of {stage}: {teacher.description}')
   lines.append('check passed: nothing was written')
   return '\n'.join(lines)

@@ -25,6 +25,22 @@ def model_x_hat_fn(model_fn, params, mean_type, labels=None, clip_x=True):
   return x_hat_fn
 
 
+def guided_x_hat_fn(model_fn, params, mean_type, labels, null_labels, w,
+                    clip_x=True):
+  """The guided x_hat at strength `w` of a model trained with label dropout:
+  two evaluations, with `labels` and with `null_labels`, combined before
+  the clip (diffusion.guided_x_hat)."""
+  cond_fn = model_x_hat_fn(model_fn, params, mean_type, labels, clip_x=False)
+  uncond_fn = model_x_hat_fn(model_fn, params, mean_type, null_labels,
+                             clip_x=False)
+
+  def x_hat_fn(z, logsnr):
+    x_hat = diffusion.guided_x_hat(cond_fn(z, logsnr), uncond_fn(z, logsnr), w)
+    return jnp.clip(x_hat, -1., 1.) if clip_x else x_hat
+
+  return x_hat_fn
+
+
 def _grid_logsnr(logsnr_fn, i, num_steps, batch_size):
   t = i.astype(jnp.float32) / num_steps.astype(jnp.float32)
   return logsnr_fn(jnp.full((batch_size,), t))

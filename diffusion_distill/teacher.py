@@ -2,7 +2,9 @@
 
 `config.distill.teacher_checkpoint` names a workdir, stage or checkpoint
 directory of ours, or a checkpoint file released with the paper (Flax
-msgpack); unset, it is the teacher of --workdir. `resolve` checks it before
+msgpack); unset, it is the teacher of --workdir. In a guided run (label
+dropout) the teacher of the 'guide' stage is that one, and the teacher of
+the rounds is the student that takes w (WORKDIR/guide). `resolve` checks it before
 any work without reading our checkpoints' arrays: the checkpoint's meta
 gives its data set, parameterization and architecture, and the parameter
 shapes follow from them. A paper file has no meta, so it is read once there
@@ -48,6 +50,7 @@ class Teacher:
   checkpoint_dir: Optional[str] = None
   params: Any = None
   is_student: bool = False  # One of our distillation rounds' models.
+  takes_guidance: bool = False  # A student of guided distillation.
 
 
 def description(config, workdir):
@@ -58,18 +61,37 @@ def description(config, workdir):
   return f'the teacher in --workdir={workdir}'
 
 
-def exists(config, workdir):
+def _checkpoint_dir(config, path, stage):
+  """The Orbax directory that `path` names for `stage`'s teacher, or None."""
+  if stage == 'distill' and dataset_info.has_null_class(config):
+    for candidate in (layout.checkpoint_dir(layout.guide_dir(path)),
+                      layout.checkpoint_dir(path), path):
+      found = layout.stage_checkpoint_dir(candidate)
+      if found is not None and os.fspath(found) == os.fspath(candidate):
+        return found
+    return None
+  return layout.stage_checkpoint_dir(path)
+
+
+def exists(config, workdir, stage='distill'):
   """Whether there is a teacher to resolve (a file, or a checkpoint of ours)."""
   path = config.distill.teacher_checkpoint
   if path and epath.Path(path).is_file():
     return True
-  return layout.stage_checkpoint_dir(path or workdir) is not None
+  return _checkpoint_dir(config, path or workdir, stage) is not None
 
 
-def _missing(config, workdir):
+def _missing(config, workdir, stage):
   """CheckpointError for a teacher path that holds no checkpoint of ours."""
   path = config.distill.teacher_checkpoint
+  guided = stage == 'distill' and dataset_info.has_null_class(config)
   if not path:
+    if guided:
+      return checkpoints.CheckpointError(
+          f'no guided student (stage \'guide\') in --workdir={workdir} to '
+          f'distill: config.stages={tuple(config.stages)}; add \'guide\' to '
+          'config.stages or set --config.distill.teacher_checkpoint to a '
+          'guide stage')
     return checkpoints.CheckpointError(
         f'no teacher checkpoint in --workdir={workdir}: '
         f'config.distill.teacher_checkpoint is unset and config.stages='
@@ -189,31 +211,54 @@ def _resolve_file(path, config, what):
   return Teacher(what, config, num_steps, params=params)
 
 
-def resolve(config, workdir) -> Teacher:
-  """Finds the teacher and checks that it fits `config`, or raises one line.
+def _check_guidance(saved_config, config, what, stage):
+  """A guided run's teachers: label dropout for 'guide', w for the rounds."""
+  if not dataset_info.has_null_class(config) or stage not in ('guide',
+                                                              'distill'):
+    return
+  if not dataset_info.has_null_class(saved_config):
+    raise checkpoints.CheckpointError(
+        f'{what} was trained without label dropout, so it cannot be guided: '
+        'train the teacher with --config.guidance.label_dropout=0.1 (and '
+        'class_conditional=True), or set --config.guidance.label_dropout=0 '
+        'for unguided distillation')
+  takes_w = bool(saved_config.model.get('guidance_embedding'))
+  if stage == 'distill' and not takes_w:
+    raise checkpoints.CheckpointError(
+        f'{what} is the guided teacher, not the student that takes w: its '
+        "rounds start from stage 'guide': add 'guide' to config.stages")
+
+
+def resolve(config, workdir, stage='distill') -> Teacher:
+  """Finds `stage`'s teacher and checks that it fits `config`, or raises.
 
   Missing, unreadable, of another data set, class count, parameterization
-  or architecture: each is a CheckpointError. Reads a checkpoint of ours'
-  meta only; a paper file is read (once) and kept in the result.
+  or architecture, or (guided runs) without label dropout: each is one
+  CheckpointError line. Reads a checkpoint of ours' meta only; a paper file
+  is read (once) and kept in the result.
   """
   path = config.distill.teacher_checkpoint or workdir
   what = description(config, workdir)
   if epath.Path(path).is_file():
     return _resolve_file(epath.Path(path), config, what)
-  ckpt_dir = layout.stage_checkpoint_dir(path)
+  ckpt_dir = _checkpoint_dir(config, path, stage)
   if ckpt_dir is None:
-    raise _missing(config, workdir)
+    raise _missing(config, workdir, stage)
   try:
     meta = checkpoints.Checkpointer(ckpt_dir, read_only=True).restore_meta()
   except checkpoints.CheckpointError as e:
     raise _unreadable(what, e) from None
   _check_meta(meta, config, what)
   saved_config = layout.config_from_meta(meta)
+  _check_guidance(saved_config, config, what, stage)
+  takes_w = bool(saved_config.model.get('guidance_embedding'))
   check_tree(models.abstract_params(models.create_model(saved_config),
                                     saved_config),
-             config, what, saved_model=saved_config.model)
+             models.student_config(config, True) if takes_w else config, what,
+             saved_model=saved_config.model)
   return Teacher(what, saved_config, meta.get('num_sample_steps'),
-                 os.fspath(ckpt_dir), is_student=meta.get('stage') == 'distill')
+                 os.fspath(ckpt_dir), is_student=meta.get('stage') == 'distill',
+                 takes_guidance=takes_w)
 
 
 def load(teacher: Teacher):

@@ -12,11 +12,33 @@ import jax
 
 from diffusion_distill import distill
 from diffusion_distill import evaluate
+from diffusion_distill import guide_stage
 from diffusion_distill import preflight
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill import teacher_stage
 from diffusion_distill import trainer
 from diffusion_distill import layout
+
+
+class _Teachers:
+  """Each stage's teacher, resolved once (one object for one checkpoint)."""
+
+  def __init__(self, config, workdir, resolved):
+    self.config, self.workdir = config, workdir
+    self._by_stage = dict(resolved)
+
+  def __call__(self, stage):
+    if stage not in self._by_stage:
+      teacher = None
+      if stage != 'eval' or teacher_lib.exists(self.config, self.workdir,
+                                               stage):
+        teacher = teacher_lib.resolve(self.config, self.workdir, stage)
+        for other in self._by_stage.values():
+          if other is not None and other.checkpoint_dir and (
+              other.checkpoint_dir == teacher.checkpoint_dir):
+            teacher = other  # Its parameters are loaded once.
+      self._by_stage[stage] = teacher
+    return self._by_stage[stage]
 
 
 def train_and_evaluate(config, workdir, plan=None):
@@ -27,15 +49,14 @@ def train_and_evaluate(config, workdir, plan=None):
   plan = plan or preflight.check(config, workdir)
   if jax.process_index() == 0:
     layout.write_config(workdir, config)
-  teacher = plan.teacher
+  teachers = _Teachers(config, workdir, plan.teachers)
   for stage in plan.stages:
     if stage == 'teacher':
       trainer.run_stage(teacher_stage.teacher_stage(config, workdir))
-      continue
-    if teacher is None and teacher_lib.exists(config, workdir):
-      # Trained by this run: checked and loaded once, for both stages.
-      teacher = teacher_lib.resolve(config, workdir)
-    if stage == 'distill':
-      distill.distill(config, workdir, teacher)
+    elif stage == 'guide':
+      trainer.run_stage(guide_stage.guide_stage(config, workdir,
+                                                teachers('guide')))
+    elif stage == 'distill':
+      distill.distill(config, workdir, teachers('distill'))
     elif stage == 'eval':
-      evaluate.evaluate(config, workdir, teacher)
+      evaluate.evaluate(config, workdir, teachers('eval'))

@@ -22,7 +22,8 @@ LAYERS = (
                         'evaluation.digits_classifier', 'evaluation.metrics',
                         'evaluation')),
     ('model services', ('inference', 'layout', 'teacher')),
-    ('stages', ('trainer', 'teacher_stage', 'distill', 'evaluate')),
+    ('stages', ('trainer', 'teacher_stage', 'guide_stage', 'distill',
+                'evaluate')),
     ('orchestration', ('config_checks', 'preflight', 'train', 'cli', '')),
 )
 ORDER = [m for _, modules in LAYERS for m in modules]

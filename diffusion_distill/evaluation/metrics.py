@@ -42,9 +42,16 @@ class ClassStats:
     self.sum_neg_entropy = 0.  # sum over samples of sum_y p log p
     self.sum_max_prob = 0.
     self.confident_counts = np.zeros(num_classes)  # max prob, binned by argmax
+    # Samples drawn for a requested label, and how many the classifier
+    # assigns to it.
+    self.labelled = 0
+    self.correct = 0
 
-  def update(self, logits) -> 'ClassStats':
+  def update(self, logits, labels=None) -> 'ClassStats':
     logits = np.asarray(logits, np.float64)
+    if labels is not None:
+      self.labelled += len(labels)
+      self.correct += int(np.sum(np.argmax(logits, 1) == np.asarray(labels)))
     log_p = logits - logits.max(axis=1, keepdims=True)
     log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     p = np.exp(log_p)
@@ -56,6 +63,10 @@ class ClassStats:
     self.confident_counts += np.bincount(
         p.argmax(axis=1), weights=max_probs, minlength=self.num_classes)
     return self
+
+  def label_accuracy(self) -> float:
+    """The share of samples the classifier assigns to their requested label."""
+    return self.correct / self.labelled
 
   def inception_score(self) -> float:
     """exp(E_x KL(p(y|x) || p(y))) over all samples seen (one split)."""
@@ -94,6 +105,7 @@ class DigitsMetric:
   """FD-digits, confidence and coverage from the fixed digits classifier."""
   name = 'fd_digits'
   num_classes = 10
+  labels_match = True  # Its classes are the digits data set's.
 
   def __init__(self, params=None):
     self._params = (params if params is not None else
@@ -104,14 +116,18 @@ class DigitsMetric:
 
   def summarize(self, stats, class_stats, reference):
     confidence, coverage = class_stats.confidence_and_coverage()
-    return {'fd_digits': stats.frechet_distance(reference),
-            'confidence': confidence, 'coverage': coverage}
+    out = {'fd_digits': stats.frechet_distance(reference),
+           'confidence': confidence, 'coverage': coverage}
+    if class_stats.labelled:
+      out['label_accuracy'] = class_stats.label_accuracy()
+    return out
 
 
 class InceptionMetric:
   """FID and Inception Score from the FID Inception-v3 network."""
   name = 'fid'
   num_classes = 1008
+  labels_match = False
 
   def __init__(self, weights_path):
     params = inception.load_inception_params(weights_path or None)
@@ -153,7 +169,9 @@ def _allreduce(stats, class_stats):
        'sum_probs': class_stats.sum_probs,
        'neg_ent': np.float64(class_stats.sum_neg_entropy),
        'max_prob': np.float64(class_stats.sum_max_prob),
-       'confident': class_stats.confident_counts})
+       'confident': class_stats.confident_counts,
+       'labelled': np.int64(class_stats.labelled),
+       'correct': np.int64(class_stats.correct)})
   merged = frechet.RunningStats(stats.dim)
   merged_class = ClassStats(class_stats.num_classes)
   for p in range(jax.process_count()):
@@ -166,16 +184,21 @@ def _allreduce(stats, class_stats):
     merged_class.sum_neg_entropy += float(gathered['neg_ent'][p])
     merged_class.sum_max_prob += float(gathered['max_prob'][p])
     merged_class.confident_counts += gathered['confident'][p]
+    merged_class.labelled += int(gathered['labelled'][p])
+    merged_class.correct += int(gathered['correct'][p])
   return merged, merged_class
 
 
 def measure(metric, batches):
-  """(feature RunningStats, ClassStats) of uint8 image batches, all processes'."""
+  """(feature RunningStats, ClassStats) of batches of uint8 images, or of
+  (images, requested labels or None), over all processes."""
   stats, class_stats = None, ClassStats(metric.num_classes)
-  for images in batches:
+  for batch in batches:
+    images, labels = batch if isinstance(batch, tuple) else (batch, None)
     features, logits = metric.features_and_logits(images)
     if stats is None:
       stats = frechet.RunningStats(features.shape[1])
     stats.update(features)
-    class_stats.update(logits)
+    # Inception's classes are not the data set's: no label accuracy there.
+    class_stats.update(logits, labels if metric.labels_match else None)
   return _allreduce(stats, class_stats)

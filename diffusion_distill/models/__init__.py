@@ -9,7 +9,8 @@ from diffusion_distill.models.unet import logsnr_to_time
 from diffusion_distill.models.unet import timestep_embedding
 
 __all__ = ['UNet', 'abstract_params', 'create_model', 'init_params',
-           'logsnr_to_time', 'timestep_embedding', 'DTYPES']
+           'logsnr_to_time', 'student_config', 'timestep_embedding',
+           'DTYPES']
 
 # config.model.dtype -> the U-Net's compute dtype (parameters stay float32).
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -35,27 +36,36 @@ def create_model(config):
       dropout=m.dropout,
       resblock_resample=m.resblock_resample,
       out_ch=out_ch,
-      num_classes=dataset_info.num_model_classes(config.dataset),
+      num_classes=dataset_info.num_model_classes(config),
+      guidance_embedding=bool(m.get('guidance_embedding', False)),
       dtype=DTYPES[m.dtype])
 
 
-def _dummy_inputs(config):
+def student_config(config, takes_guidance=False):
+  """A distilled student's config: the teacher's architecture with dropout
+  off (students train without it); with `takes_guidance`, the net also
+  takes w (guided distillation's students)."""
+  student = config.copy_and_resolve_references()
+  student.model.dropout = 0.
+  if takes_guidance:
+    student.model.guidance_embedding = True
+  return student
+
+
+def _init(model, config, rng):
   info = dataset_info.get(config.dataset.name)
-  return (jnp.zeros((1,) + info.image_shape), jnp.zeros((1,)),
-          jnp.zeros((1,), jnp.int32))
+  x = jnp.zeros((1,) + info.image_shape)
+  guidance = jnp.zeros((1,)) if model.guidance_embedding else None
+  return model.init({'params': rng}, x, jnp.zeros((1,)),
+                    jnp.zeros((1,), jnp.int32), train=False,
+                    guidance=guidance)['params']
 
 
 def init_params(model, config, rng):
   """Freshly initialized U-Net parameters for `config` (host NumPy arrays)."""
-  x, logsnr, y = _dummy_inputs(config)
-  params = jax.jit(lambda r: model.init({'params': r}, x, logsnr, y,
-                                        train=False)['params'])(rng)
-  return jax.device_get(params)
+  return jax.device_get(jax.jit(lambda r: _init(model, config, r))(rng))
 
 
 def abstract_params(model, config):
   """Shapes and dtypes of the parameters, without allocating them."""
-  x, logsnr, y = _dummy_inputs(config)
-  return jax.eval_shape(
-      lambda: model.init({'params': jax.random.PRNGKey(0)}, x, logsnr, y,
-                         train=False)['params'])
+  return jax.eval_shape(lambda: _init(model, config, jax.random.PRNGKey(0)))

@@ -44,6 +44,11 @@ def timestep_embedding(t, dim):
   return emb
 
 
+# Guidance strengths w are embedded like times, as w / _GUIDANCE_SCALE: the
+# range [0, 4] of Meng et al. then spans what t in [0, 1] spans.
+_GUIDANCE_SCALE = 4.
+
+
 def num_groups(channels):
   """GroupNorm groups for `channels`, or None where none work.
 
@@ -176,6 +181,11 @@ class UNet(nn.Module):
 
   head_dim, when set, wins over num_heads (heads = channels // head_dim).
   num_classes == 1 means unconditional: no class embedding, y is ignored.
+  With `guidance_embedding` the net also takes the guidance strength w [B]
+  (`guidance=`): a sinusoidal embedding of w, through two dense layers, is
+  added to the time embedding (docs/method.md, section 7). The last layer
+  starts at zero, so a net initialised from a teacher first computes the
+  teacher's conditional prediction.
   Parameters are float32; dtype is the compute dtype; the output is float32.
   """
   ch: int
@@ -190,10 +200,11 @@ class UNet(nn.Module):
   out_ch: int
   num_classes: int
   logsnr_input_type: str = 'inv_cos'
+  guidance_embedding: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, logsnr, y, *, train: bool):
+  def __call__(self, x, logsnr, y, *, train: bool, guidance=None):
     batch = x.shape[0]
     logsnr = jnp.asarray(logsnr, jnp.float32)
     if logsnr.ndim == 0:  # One noise level for the whole batch, as samplers use.
@@ -216,6 +227,8 @@ class UNet(nn.Module):
         raise ValueError('This U-Net is class-conditional: pass labels y.')
       emb = emb + nn.Dense(self.emb_ch, dtype=self.dtype, name='class_emb')(
           jax.nn.one_hot(y, self.num_classes, dtype=self.dtype))
+    if self.guidance_embedding:
+      emb = emb + self._guidance_emb(guidance, batch)
 
     def resnet(h, out_ch, name, resample=None):
       return ResnetBlock(out_ch, self.dropout, resample, dtype=self.dtype,
@@ -263,3 +276,12 @@ class UNet(nn.Module):
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
                 dtype=self.dtype, name='conv_out')(h)
     return h.astype(jnp.float32)
+
+  def _guidance_emb(self, guidance, batch):
+    if guidance is None:
+      raise ValueError('This U-Net is guidance-conditioned: pass guidance=w.')
+    w = jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (batch,))
+    emb = timestep_embedding(w / _GUIDANCE_SCALE, self.ch)
+    emb = nn.Dense(self.emb_ch, dtype=self.dtype, name='w_dense0')(emb)
+    return nn.Dense(self.emb_ch, kernel_init=nn.initializers.zeros,
+                    dtype=self.dtype, name='w_dense1')(nn.swish(emb))

@@ -3,7 +3,7 @@
   python sample.py --workdir=/tmp/digits --num_samples=64
   python sample.py --workdir=/tmp/digits --num_steps=4 --method=stochastic
   python sample.py --workdir=DIR --labels=3,3,7 --num_samples=3 --output_dir=/tmp/out
-  python sample.py --workdir=/tmp/digits_guided --guidance=2 --labels=...
+  python sample.py --workdir=/tmp/digits_guided --guidance=2 --labels=3
 
 The model is the final student if distillation ran, else the teacher, in
 its own number of steps. --num_steps=N picks the student distilled for N
@@ -33,8 +33,8 @@ flags.DEFINE_integer('num_samples', 64, 'How many images.')
 flags.DEFINE_integer('num_steps', None, 'Sampling steps: the student distilled '
                      'for them, else the teacher (default: the latest '
                      'model, in its own steps).')
-flags.DEFINE_list('labels', None, 'Class labels, one per image, for a '
-                  'class-conditional model (default: uniform).')
+flags.DEFINE_list('labels', None, 'Class labels for a class-conditional '
+                  'model: one per image, or one for all (default: uniform).')
 flags.DEFINE_enum('method', 'ddim', list(samplers.SAMPLERS), 'Sampler.')
 flags.DEFINE_float('noise_interp', 0.5, 'Ancestral variance interpolation.')
 flags.DEFINE_integer('seed', 0, 'Random seed.')
@@ -59,9 +59,12 @@ def _check_flags():
   labels = FLAGS.labels
   if labels is None:
     return None
+  if len(labels) == 1:
+    labels = labels * FLAGS.num_samples
   if len(labels) != FLAGS.num_samples:
     cli.exit_with(f'--labels has {len(labels)} entries but '
-                  f'--num_samples={FLAGS.num_samples}: give one per image', 2)
+                  f'--num_samples={FLAGS.num_samples}: give one per image, '
+                  'or one for all', 2)
   try:
     return [int(x) for x in labels]
   except ValueError:

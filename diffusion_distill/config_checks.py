@@ -393,8 +393,11 @@ _FROZEN_ONCE_STARTED = {
     'teacher': ('train.batch_size', 'train.learning_rate',
                 'train.warmup_steps', 'train.weight_decay', 'train.ema_decay',
                 'train.grad_clip', 'guidance.label_dropout'),
-    'guide': ('guidance.w_min', 'guidance.w_max', 'guidance.learning_rate',
-              'guidance.batch_size'),
+    # Its learning rate decays to 0 over guidance.num_steps, as a round's
+    # over its updates, so that is fixed too.
+    'guide': ('distill.teacher_checkpoint', 'guidance.w_min', 'guidance.w_max',
+              'guidance.num_steps', 'guidance.learning_rate',
+              'guidance.batch_size', 'distill.grad_clip'),
     'distill': ('distill.teacher_checkpoint', 'distill.start_num_steps',
                 'distill.steps_per_round', 'distill.last_rounds_multiplier',
                 'distill.long_rounds_max_steps', 'distill.learning_rate',

@@ -53,9 +53,17 @@ class Teacher:
   takes_guidance: bool = False  # A student of guided distillation.
 
 
-def description(config, workdir):
+def _named_path(config, stage):
+  """distill.teacher_checkpoint where it names `stage`'s teacher, else None."""
+  if stage == 'distill' and dataset_info.has_null_class(config) and (
+      'guide' in tuple(config.stages)):
+    return None  # The guided rounds distill the 'guide' stage of this run.
+  return config.distill.teacher_checkpoint
+
+
+def description(config, workdir, stage='distill'):
   """How messages name the teacher: the config field, or the workdir."""
-  path = config.distill.teacher_checkpoint
+  path = _named_path(config, stage)
   if path:
     return f'config.distill.teacher_checkpoint={path!r}'
   return f'the teacher in --workdir={workdir}'
@@ -75,7 +83,7 @@ def _checkpoint_dir(config, path, stage):
 
 def exists(config, workdir, stage='distill'):
   """Whether there is a teacher to resolve (a file, or a checkpoint of ours)."""
-  path = config.distill.teacher_checkpoint
+  path = _named_path(config, stage)
   if path and epath.Path(path).is_file():
     return True
   return _checkpoint_dir(config, path or workdir, stage) is not None
@@ -83,7 +91,7 @@ def exists(config, workdir, stage='distill'):
 
 def _missing(config, workdir, stage):
   """CheckpointError for a teacher path that holds no checkpoint of ours."""
-  path = config.distill.teacher_checkpoint
+  path = _named_path(config, stage)
   guided = stage == 'distill' and dataset_info.has_null_class(config)
   if not path:
     if guided:
@@ -97,7 +105,7 @@ def _missing(config, workdir, stage):
         f'config.distill.teacher_checkpoint is unset and config.stages='
         f'{tuple(config.stages)} trains no teacher; add \'teacher\' to '
         'config.stages or set --config.distill.teacher_checkpoint=PATH')
-  what = description(config, workdir)
+  what = description(config, workdir, stage)
   if '://' not in path and not os.path.exists(path):
     return checkpoints.CheckpointError(f'{what} does not exist: {_FORMS}')
   try:
@@ -237,8 +245,8 @@ def resolve(config, workdir, stage='distill') -> Teacher:
   CheckpointError line. Reads a checkpoint of ours' meta only; a paper file
   is read (once) and kept in the result.
   """
-  path = config.distill.teacher_checkpoint or workdir
-  what = description(config, workdir)
+  path = _named_path(config, stage) or workdir
+  what = description(config, workdir, stage)
   if epath.Path(path).is_file():
     return _resolve_file(epath.Path(path), config, what)
   ckpt_dir = _checkpoint_dir(config, path, stage)

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_distill import config_checks, distill, input_pipeline, layout
-from diffusion_distill import models
+from diffusion_distill import config_checks, dataset_info, distill
+from diffusion_distill import input_pipeline, layout, models
 
 CONFIGS = ('digits', 'digits_teacher', 'digits_distill', 'cifar10_teacher',
            'cifar10_distill', 'imagenet64_teacher', 'imagenet64_distill',
            'lsun_church128_teacher', 'lsun_church128_distill',
-           'lsun_bedroom128_teacher', 'lsun_bedroom128_distill')
+           'lsun_bedroom128_teacher', 'lsun_bedroom128_distill',
+           'digits_guided', 'imagenet64_guided_teacher',
+           'imagenet64_guided_distill')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +46,9 @@ def test_paper_configs_build_the_paper_networks(name):
   config = _load(name)
   shapes = models.abstract_params(models.create_model(config), config)
   count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
-  assert count == PAPER_PARAMS[config.dataset.name]
+  # A guidable teacher embeds one more class, the null class.
+  null_class = config.model.emb_ch * dataset_info.has_null_class(config)
+  assert count == PAPER_PARAMS[config.dataset.name] + null_class
 
 
 def test_round_plans_of_paper_configs():
@@ -149,8 +153,10 @@ def test_paper_configs_hold_the_papers_values(name):
       got = tuple(got) if isinstance(got, (list, tuple)) else got
       assert got == value, (name, f'{section}.{field}', got, value)
   assert (config.schedule.logsnr_min, config.schedule.logsnr_max) == (-20, 20)
-  assert config.stages == (('distill',) if name.endswith('_distill') else
-                           ('teacher',))
+  guided = dataset_info.has_null_class(config)
+  assert config.stages == (
+      (('guide', 'distill') if guided else ('distill',))
+      if name.endswith('_distill') else ('teacher',))
 
 
 def _assigned_fields(name):

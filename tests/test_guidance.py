@@ -5,6 +5,7 @@ The math is checked against class-conditional Gaussian data, whose
 conditional and unconditional denoisers are exact (tests/gaussian.py).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -277,6 +278,41 @@ def test_teacher_without_label_dropout_cannot_be_guided(digits_dir, tmp_path):
   assert '--config.guidance.label_dropout' in message
 
 
+def _save_model(config, directory, stage):
+  ckpt = checkpoints.Checkpointer(layout.checkpoint_dir(directory))
+  model = models.create_model(config)
+  params = models.init_params(model, config, jax.random.PRNGKey(0))
+  ckpt.save(2, TrainState.create(params, optax.sgd(1.),
+                                 jax.random.PRNGKey(0)),
+            layout.model_meta(config, stage=stage, num_sample_steps=None,
+                              stage_num_steps=2))
+  ckpt.close()
+
+
+def test_guided_rounds_distill_this_runs_guide_stage(digits_dir, tmp_path):
+  """With a teacher named by distill.teacher_checkpoint and stages
+  ('guide', 'distill'), stage 1 starts from that teacher and the rounds
+  from the 'guide' stage in --workdir, not from the named teacher."""
+  config = tiny.tiny_config(digits_dir, **{
+      'dataset.class_conditional': True, 'guidance.label_dropout': 0.1})
+  teacher_workdir, workdir = str(tmp_path / 'teacher'), str(tmp_path / 'wd')
+  _save_model(config, layout.teacher_dir(teacher_workdir), 'teacher')
+  config.stages = ('guide', 'distill')
+  config.distill.teacher_checkpoint = teacher_workdir
+  guide_teacher = teacher_lib.resolve(config, workdir, 'guide')
+  assert guide_teacher.checkpoint_dir.startswith(teacher_workdir)
+  assert not guide_teacher.takes_guidance
+  assert not teacher_lib.exists(config, workdir, 'distill')
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=f'no guided student .* in --workdir={workdir}'):
+    teacher_lib.resolve(config, workdir, 'distill')
+  _save_model(models.student_config(config, takes_guidance=True),
+              layout.guide_dir(workdir), 'guide')
+  rounds_teacher = teacher_lib.resolve(config, workdir, 'distill')
+  assert rounds_teacher.checkpoint_dir.startswith(workdir)
+  assert rounds_teacher.takes_guidance
+
+
 # The pipeline: teacher -> guide -> two rounds (4 -> 2 -> 1 steps), each
 # stage killed once and resumed; then its evaluation over w.
 PIPELINE = ['--config=tests/tiny.py', "--config.stages=('teacher','guide','distill')",
@@ -350,7 +386,6 @@ def test_guided_pipeline_resumes_bitwise_in_each_stage(digits_dir, tmp_path):
       '--config.eval.sample_steps=(2,)', "--config.eval.teacher_samplers=('ddim',)",
       "--config.eval.student_samplers=('ddim',)"))
   assert result.returncode == 0, result.stderr[-3000:]
-  import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(reference, 'eval', 'results.json')) as f:
     rows = json.load(f)
   assert sorted((r['model'], r['num_steps'], r['guidance']) for r in rows) == [
@@ -368,3 +403,12 @@ def test_guided_pipeline_resumes_bitwise_in_each_stage(digits_dir, tmp_path):
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith('error: --guidance=9.0: guidance=9.0 is outside')
   assert 'Traceback' not in result.stderr
+  # One label for all images, at a w they learned.
+  out = tmp_path / 'threes'
+  result = subprocess.run(
+      [sys.executable, 'sample.py', f'--workdir={reference}',
+       '--num_samples=3', '--guidance=2', '--labels=3', f'--output_dir={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(out)) == ['000000.png', '000001.png', '000002.png',
+                                     'grid.png']

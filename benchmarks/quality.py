@@ -176,7 +176,7 @@ def check_targets(summary: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
   return [t1, t2, t3]
 
 
-def _fmt(mean, std):
+def format_cell(mean, std):
   """'mean ± std' with the decimals the mean's size asks for."""
   decimals = 0 if abs(mean) >= 100 else 1 if abs(mean) >= 10 else 2
   text = f'{mean:.{decimals}f}'
@@ -198,7 +198,7 @@ def markdown_table(summary: Sequence[Dict[str, Any]]) -> str:
     row = []
     for n in steps:
       s = cells.get((model, sampler, n))
-      row.append(_fmt(s['mean'], s['std']) if s else '—')
+      row.append(format_cell(s['mean'], s['std']) if s else '—')
     out.append(f'| {model} {sampler} | ' + ' | '.join(row) + ' |')
   return '\n'.join(out)
 
@@ -253,7 +253,7 @@ def plot_png(summary: Sequence[Dict[str, Any]], path: str,
   plt.close(fig)
 
 
-def _write(path, text):
+def write_text(path, text):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -309,7 +309,7 @@ def run(workdir: str, out: str, plot: str, md: str, *,
   table = markdown_table(summary)
   reference = _best(summary, 'teacher', REFERENCE_SAMPLER)
 
-  _write(out, json.dumps(rows, indent=1) + '\n')
+  write_text(out, json.dumps(rows, indent=1) + '\n')
   plot_png(summary, plot, reference)
   md_text = '\n'.join(
       ['<!-- Written by benchmarks/quality.py; do not edit by hand. -->',
@@ -318,7 +318,7 @@ def run(workdir: str, out: str, plot: str, md: str, *,
       _metadata(workdir, raw_rows, rows, summary, config_name) +
       ['', table, '', 'Targets:', '', '```', format_targets(targets), '```',
        ''])
-  _write(md, md_text)
+  write_text(md, md_text)
   return summary, targets, table
 
 

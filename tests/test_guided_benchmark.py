@@ -1,0 +1,49 @@
+"""benchmarks/guided.py: its rows and targets, on made-up eval rows."""
+
+import math
+
+from benchmarks import guided
+
+
+def _row(model, n, w, seed, fd, acc, sampler='ddim'):
+  return {'model': model, 'sampler': sampler, 'num_steps': n, 'guidance': w,
+          'seed': seed, 'fd_digits': fd, 'label_accuracy': acc,
+          'confidence': 0.9}
+
+
+def _rows():
+  rows = []
+  for seed in range(3):
+    for w, acc in ((0., .80), (2., .95)):
+      rows.append(_row('teacher', 64, w, seed, 10. + seed, acc))
+      rows.append(_row('teacher', 4, w, seed, 30., acc - .1))
+      rows.append(_row('student', 4, w, seed, 12. + seed, acc - .03))
+      rows.append(_row('student', 1, w, seed, 25. + seed, acc))
+      rows.append(_row('student', 4, w, seed, 99., 0., sampler='stochastic'))
+  return rows
+
+
+def test_rows_keep_ddim_and_exactly_the_benchmark_keys():
+  rows = guided.convert_rows(_rows())
+  assert len(rows) == 3 * 2 * 4
+  assert all(tuple(r) == guided.ROW_KEYS for r in rows)
+  assert rows[0]['model'] == 'teacher' and rows[-1]['model'] == 'student'
+
+
+def test_targets_against_the_teacher_at_its_best_step_count():
+  summary = guided.summarize(guided.convert_rows(_rows()))
+  mean, std = summary[('teacher', 64, 0.)]['fd_digits']
+  assert mean == 11. and math.isclose(std, 1.)
+  targets = {(t['name'].split()[0], t['w'], t['name'].split('(')[-1]): t
+             for t in guided.check_targets(summary)}
+  g1 = [t for t in targets.values() if t['name'].startswith('G1 teacher 64')]
+  assert g1[0]['w'] == 2. and math.isclose(g1[0]['value'], .15)
+  assert g1[0]['met']
+  g2 = targets[('G2', 2., '64 steps)')]
+  assert math.isclose(g2['value'], 13. / 11.) and g2['met']
+  g3 = targets[('G3', 0., '64 steps)')]  # 3 points below the teacher
+  assert math.isclose(g3['value'], -3.) and not g3['met']
+  g4 = targets[('G4', 0., '64 steps)')]
+  assert math.isclose(g4['value'], 26. / 11.) and not g4['met']
+  assert '| teacher | 64 |' in guided.markdown(summary,
+                                               guided.check_targets(summary))

@@ -3,7 +3,7 @@
   python sample.py --workdir=/tmp/digits --num_samples=64
   python sample.py --workdir=/tmp/digits --num_steps=4 --method=stochastic
   python sample.py --workdir=DIR --labels=3,3,7 --num_samples=3 --output_dir=/tmp/out
-  python sample.py --workdir=/tmp/digits_guided --guidance=2 --labels=3
+  python sample.py --workdir=/tmp/digits_guided --guidance=0.5 --labels=3
 
 The model is the final student if distillation ran, else the teacher, in
 its own number of steps. --num_steps=N picks the student distilled for N

@@ -93,7 +93,7 @@ def check_targets(summary):
         ('G2 4-step student FD / teacher', 4, 'fd_digits', f'<= {G2_MAX}',
          lambda v: v <= G2_MAX),
         ('G3 4-step student label accuracy - teacher (points)', 4,
-         'label_accuracy', f'|.| <= {G3_MAX_POINTS:g}',
+         'label_accuracy', f'abs <= {G3_MAX_POINTS:g}',
          lambda v: abs(v) <= G3_MAX_POINTS),
         ('G4 1-step student FD / teacher', 1, 'fd_digits', f'<= {G4_MAX:g}',
          lambda v: v <= G4_MAX)):

@@ -10,13 +10,8 @@ Cost: 632 GFLOP per example per train step (XLA cost analysis; 295,905,222
 parameters), so 400k steps at batch 2048 are 5.2e20 FLOP: about 21 hours at
 40% of the bf16 peak of 64 TPUv4 chips (an estimate from the FLOP count).
 The paper does not give the teacher's number of steps; 400k is our default.
-Compute dtype: on TPUs and on NVIDIA GPUs from the A100 on, pass
---config.model.dtype=bfloat16: the activations are then bf16, which the
-matrix units of both multiply at their full rate (on GPUs float32 runs as
-TF32, at half the bf16 rate; on TPUs float32 convolutions already take bf16
-passes, and bf16 halves the activations' memory), while the parameters,
-the optimizer state, the EMA, the loss and the diffusion math stay float32,
-so checkpoints are float32 whatever the dtype. On a CPU keep float32.
+Compute dtype: as in configs/cifar10_teacher.py (bfloat16 on TPUs and on
+NVIDIA GPUs from the A100 on, float32 on a CPU; checkpoints stay float32).
 """
 
 from configs import base

@@ -242,13 +242,7 @@ def test_guidance_mistakes_are_one_line(guided_models, digits_dir):
       ({'dataset.class_conditional': True, 'guidance.label_dropout': 0.1,
         'eval.guidance': (0., 6.)}, 'use w in that range'),
       ({'stages': ('teacher', 'guide')}, "stage 'guide' distills")):
-    bad = tiny.tiny_config(digits_dir)
-    for key, value in overrides.items():
-      if '.' in key:
-        section, field = key.split('.')
-        bad[section][field] = value
-      else:
-        bad[key] = value
+    bad = tiny.tiny_config(digits_dir, **overrides)
     with pytest.raises(config_checks.ConfigError, match=words) as e:
       config_checks.check_config(bad)
     assert '\n' not in str(e.value)

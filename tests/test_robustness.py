@@ -26,14 +26,8 @@ def _config(data_dir, **overrides):
 
   Keys are 'section.field' or a top-level field such as 'stages'.
   """
-  config = tiny.tiny_config(data_dir, **{'train.sample_every_steps': 0})
-  for key, value in overrides.items():
-    if '.' in key:
-      section, field = key.split('.')
-      config[section][field] = value
-    else:
-      config[key] = value
-  return config
+  return tiny.tiny_config(data_dir, **{'train.sample_every_steps': 0,
+                                       **overrides})
 
 
 # (overrides, field the message must name, bad value as the message shows it)

@@ -23,9 +23,12 @@ def tiny_config(data_dir, **overrides):
   config.distill.end_num_steps = 1
   config.distill.steps_per_round = 4
   config.distill.last_rounds_multiplier = 1
-  for key, value in overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
+  for key, value in overrides.items():  # 'section.field' or a top-level field
+    if '.' in key:
+      section, field = key.split('.')
+      config[section][field] = value
+    else:
+      config[key] = value
   return config
 
 

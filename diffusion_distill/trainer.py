@@ -3,9 +3,10 @@
 The step is pure: `(state, batch, *extra) -> (state, metrics)`, where `extra`
 holds arrays broadcast to every device, such as a distillation teacher's
 parameters. It is pmapped over all local devices, its gradients averaged over
-the device axis; `steps_per_dispatch` steps may run in one call (a loop
-over that many batches on the device). The stage's driver builds the compiled step
-(`make_step`) once and hands it to every stage that shares it. The loop owns
+the device axis; `steps_per_dispatch` steps may run in one call (a
+`lax.scan` over that many batches on the device). The stage's driver builds
+the compiled step (`make_step`) once and hands it to every stage that
+shares it. The loop owns
 data, logging, sample grids and checkpoints, and resumes from the stage's
 latest checkpoint.
 """
@@ -95,26 +96,26 @@ def train_step(state: TrainState, batch, *extra, loss_fn, optimizer,
   return new_state, metrics
 
 
-def _steps(state, batches, num_steps, extra, *, step_fn):
-  """`num_steps` updates, one per entry of `batches`' leading axis.
+def _steps(state, batches, extra, *, step_fn, unroll):
+  """One update per entry of `batches`' leading axis: a `lax.scan`.
 
-  A while loop whose trip count is an argument: XLA cannot see it, so the
-  loop body compiles the same whatever the number of batches, and k steps
-  per call give the same state, bit for bit, for every k > 1.
+  `unroll` = the number of batches compiles the k steps as straight-line
+  code; 1 keeps one loop body whatever k is.
   """
-  def body(i, carry):
-    state, metrics = carry
-    batch = jax.tree.map(
-        lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False), batches)
-    state, m = step_fn(state, batch, *extra)
-    metrics = jax.tree.map(lambda buf, v: buf.at[i].set(v), metrics, m)
-    return state, metrics
+  return jax.lax.scan(lambda s, batch: step_fn(s, batch, *extra), state,
+                      batches, unroll=unroll)
 
-  k = jax.tree.leaves(batches)[0].shape[0]
-  shapes = jax.eval_shape(
-      step_fn, state, jax.tree.map(lambda b: b[0], batches), *extra)[1]
-  metrics = jax.tree.map(lambda m: jnp.zeros((k,) + m.shape, m.dtype), shapes)
-  return jax.lax.fori_loop(0, num_steps, body, (state, metrics))
+
+def scan_unroll(steps_per_dispatch, platform):
+  """How far `_steps` unrolls its scan on `platform`.
+
+  On accelerators, a loop: its compile time does not grow with k. XLA:CPU
+  compiles a convolution's kernel gradient inside a loop body without the
+  fast path it takes in straight-line code (the digits teacher step took
+  2.0 s in a loop and 0.22 s unrolled on the 2-core VM of BENCHMARKS.md),
+  so on CPU the k steps are unrolled: compile time grows with k there.
+  """
+  return steps_per_dispatch if platform == 'cpu' else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Step:
   def __call__(self, state, batches, extra):
     if self.steps_per_dispatch == 1:
       return self.fn(state, batches, *extra)
-    return self.fn(state, batches, np.int32(self.steps_per_dispatch), extra)
+    return self.fn(state, batches, extra)
 
   def flops(self, params, batch, *extra):
     """XLA's FLOP count of one step on `batch` (arrays or ShapeDtypeStructs)
@@ -161,10 +162,9 @@ def make_step(loss_fn, optimizer, learning_rate_fn, *, ema_decay,
 
   Stages that share a Step (distillation rounds of the same length) share
   its compiled program. `devices` defaults to all local devices. With
-  `steps_per_dispatch` k > 1, one call runs k steps in a loop on the device
-  (for accelerators, where a call's fixed cost is large next to a small
-  step). XLA compiles a loop body apart from straight-line code, so k > 1
-  and k = 1 agree to float rounding, not bit for bit.
+  `steps_per_dispatch` k > 1, one call runs k steps, a `lax.scan` over k
+  batches (for accelerators, where a call's fixed cost is large next to a
+  small step; see `scan_unroll` for CPU).
   """
   single = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                              ema_decay=ema_decay,
@@ -173,8 +173,11 @@ def make_step(loss_fn, optimizer, learning_rate_fn, *, ema_decay,
     fn = jax.pmap(single, axis_name=AXIS, donate_argnums=(0,),
                   devices=devices)
   else:
-    fn = jax.pmap(functools.partial(_steps, step_fn=single), axis_name=AXIS,
-                  in_axes=(0, 0, None, 0), donate_argnums=(0,),
+    platform = (devices or jax.local_devices())[0].platform
+    steps = functools.partial(
+        _steps, step_fn=single,
+        unroll=scan_unroll(steps_per_dispatch, platform))
+    fn = jax.pmap(steps, axis_name=AXIS, donate_argnums=(0,),
                   devices=devices)
   return Step(fn=fn, optimizer=optimizer, learning_rate_fn=learning_rate_fn,
               steps_per_dispatch=steps_per_dispatch, single=single)

@@ -4,9 +4,13 @@ No timing is asserted: the clock is scripted where a figure is checked.
 """
 
 import ast
+import glob
 import os
 
 from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import speed
@@ -14,6 +18,7 @@ from benchmarks.speed import distill_cost
 from benchmarks.speed import main
 from benchmarks.speed import matmul
 from benchmarks.speed import options
+from benchmarks.speed import profile
 from benchmarks.speed import report
 from benchmarks.speed import table
 from benchmarks.speed import timing
@@ -158,3 +163,42 @@ def test_the_package_imports_at_module_level_only():
 
 def test_importing_defines_no_flags():
   assert 'what' not in flags.FLAGS and 'cifar_batch' not in flags.FLAGS
+
+
+def test_profile_sorts_traced_op_time_by_kind(tmp_path):
+  def fn(x, w, q, k, v):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    attention = jnp.einsum('bqk,bkd->bqd', jnp.einsum('bqd,bkd->bqk', q, k), v)
+    return jnp.tanh(y), attention, jnp.sum(jnp.exp(q), axis=-1)
+  rs = np.random.RandomState(0)
+  args = [rs.randn(*s).astype(np.float32) for s in
+          ((8, 16, 16, 32), (3, 3, 32, 32), (8, 64, 32), (8, 64, 32),
+           (8, 64, 32))]
+  compiled = jax.jit(fn).lower(*args).compile()
+  kinds = profile.instruction_kinds(compiled.as_text())
+  assert {'convolution', 'attention matmul', 'reduction'} <= set(
+      kinds.values()), kinds
+  jax.block_until_ready(compiled(*args))
+  with jax.profiler.trace(str(tmp_path)):
+    jax.block_until_ready(compiled(*args))
+  [path] = glob.glob(str(tmp_path / '**' / '*.xplane.pb'), recursive=True)
+  times = profile.op_times(path, kinds)
+  assert times.get('convolution', 0) > 0 and times.get('attention matmul', 0) > 0
+  assert set(times) <= set(profile.KINDS)
+
+
+def test_profile_kinds_of_instructions():
+  assert profile.kind_of('fusion', [('convolution', ''), ('add', '')]) == (
+      'convolution')
+  assert profile.kind_of('fusion', [('dot', 'dot(a, b), lhs_batch_dims={0}'),
+                                    ('exponential', '')]) == 'attention matmul'
+  assert profile.kind_of('dot', [('dot', 'dot(a, b), lhs_contracting_dims='
+                                  '{1}')]) == 'dense matmul'
+  assert profile.kind_of('all-reduce', []) == 'collective'
+  assert profile.kind_of('fusion', [('reduce', ''), ('add', '')]) == 'reduction'
+  assert profile.kind_of('fusion', [('transpose', ''), ('copy', ''),
+                                    ('parameter', '')]) == 'layout'
+  assert profile.kind_of('copy', []) == 'layout'
+  assert profile.kind_of('fusion', [('add', ''), ('multiply', '')]) == (
+      'element-wise')

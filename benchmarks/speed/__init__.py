@@ -38,6 +38,10 @@ Sections (`--what`, comma-separated; default all, in this order):
   pmap_vs_shard_map  the digits teacher step (and x + 1) under jax.pmap and
                      under jax.jit(jax.shard_map) over --shard_devices
                      devices (forced host devices on a CPU): per-call cost.
+  profile            the digits and CIFAR-10 teacher steps under
+                     jax.profiler.trace: XLA:CPU's op time per step by kind
+                     (convolution, attention and dense matmuls, reductions,
+                     layout, collectives, element-wise). CPU only.
 
 Modules: timing (how times are taken), machine (CPU/accelerator, load,
 versions), options (sizes, configs, what sections share), build (the

@@ -143,7 +143,7 @@ def call_args(stage, config, batch_size, devices):
                   devices)
   if k == 1:
     return [state_r, batches, *extra_r]
-  return [state_r, batches, np.int32(k), extra_r]
+  return [state_r, batches, extra_r]
 
 
 def compile_stage(stage: trainer.Stage, config, batch_size: int, *,

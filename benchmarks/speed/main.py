@@ -20,6 +20,7 @@ from benchmarks.speed import matmul
 from benchmarks.speed import memory
 from benchmarks.speed import options
 from benchmarks.speed import pipeline
+from benchmarks.speed import profile
 from benchmarks.speed import report
 from benchmarks.speed import sampling
 from benchmarks.speed import sharding
@@ -36,6 +37,7 @@ SECTIONS = {
     'distill_cost': distill_cost.section,
     'memory': memory.section,
     'pmap_vs_shard_map': sharding.section,
+    'profile': profile.section,
 }
 GOALS = {'step': training_step.GOAL, 'sampling': sampling.GOAL,
          'pipeline': pipeline.GOAL, 'distill_cost': distill_cost.GOAL}

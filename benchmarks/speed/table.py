@@ -97,10 +97,21 @@ def _sharding(e):
   return lines
 
 
+def _profile(e):
+  lines = []
+  for name, r in e.get('rows', {}).items():
+    shares = ', '.join(f'{k} {v:.0%}' for k, v in r['share_by_kind'].items()
+                       if v)
+    lines.append(f'  {name:<18} batch {r["batch_size"]:>3}: wall '
+                 f'{r["wall_s_per_step"] * 1e3:.1f} ms/step, op time '
+                 f'{r["op_s_per_step"] * 1e3:.1f} ms/step: {shares}')
+  return lines
+
+
 DETAILS = {'matmul': _matmul, 'step': _step, 'dispatch': _dispatch,
            'sampling': _sampling, 'pipeline': _pipeline,
            'distill_cost': _distill_cost, 'memory': _memory,
-           'pmap_vs_shard_map': _sharding}
+           'pmap_vs_shard_map': _sharding, 'profile': _profile}
 
 
 def _header(meta) -> str:

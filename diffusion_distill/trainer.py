@@ -6,9 +6,8 @@ parameters. It is pmapped over all local devices, its gradients averaged over
 the device axis; `steps_per_dispatch` steps may run in one call (a
 `lax.scan` over that many batches on the device). The stage's driver builds
 the compiled step (`make_step`) once and hands it to every stage that
-shares it. The loop owns
-data, logging, sample grids and checkpoints, and resumes from the stage's
-latest checkpoint.
+shares it. The loop owns data, logging, sample grids and checkpoints, and
+resumes from the stage's latest checkpoint.
 """
 
 import dataclasses
@@ -111,9 +110,10 @@ def scan_unroll(steps_per_dispatch, platform):
 
   On accelerators, a loop: its compile time does not grow with k. XLA:CPU
   compiles a convolution's kernel gradient inside a loop body without the
-  fast path it takes in straight-line code (the digits teacher step took
-  2.0 s in a loop and 0.22 s unrolled on the 2-core VM of BENCHMARKS.md),
-  so on CPU the k steps are unrolled: compile time grows with k there.
+  fast path it takes in straight-line code (on the 2-core VM of
+  BENCHMARKS.md the digits teacher step took 2.0 s per step in a loop of 4,
+  0.22 s called alone and 0.18 s unrolled 4 times), so on CPU the k steps
+  are unrolled: compile time grows with k there.
   """
   return steps_per_dispatch if platform == 'cpu' else 1
 

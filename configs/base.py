@@ -56,7 +56,7 @@ def _train():
   train.weight_decay = 1e-3
   train.ema_decay = 0.9999
   train.grad_clip = 1.0
-  # Training steps per compiled call (a loop over that many batches), for
+  # Training steps per compiled call (a lax.scan over that many batches), for
   # the teacher and the rounds; log, checkpoint and sample intervals and the
   # numbers of steps must be multiples of it.
   train.steps_per_dispatch = 1

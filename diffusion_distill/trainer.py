@@ -110,10 +110,10 @@ def scan_unroll(steps_per_dispatch, platform):
 
   On accelerators, a loop: its compile time does not grow with k. XLA:CPU
   compiles a convolution's kernel gradient inside a loop body without the
-  fast path it takes in straight-line code (on the 2-core VM of
-  BENCHMARKS.md the digits teacher step took 2.0 s per step in a loop of 4,
-  0.22 s called alone and 0.18 s unrolled 4 times), so on CPU the k steps
-  are unrolled: compile time grows with k there.
+  fast path it takes in straight-line code (in an ad-hoc timing on the
+  2-core VM of BENCHMARKS.md, medians per step of the digits teacher step:
+  2.0 s in a loop of 4, 0.22 s called alone, 0.18 s unrolled 4 times), so
+  on CPU the k steps are unrolled: compile time grows with k there.
   """
   return steps_per_dispatch if platform == 'cpu' else 1
 

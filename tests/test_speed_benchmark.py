@@ -177,14 +177,14 @@ def test_profile_sorts_traced_op_time_by_kind(tmp_path):
            (8, 64, 32))]
   compiled = jax.jit(fn).lower(*args).compile()
   kinds = profile.instruction_kinds(compiled.as_text())
-  assert {'convolution', 'attention matmul', 'reduction'} <= set(
+  assert {'convolution', 'batched matmul', 'reduction'} <= set(
       kinds.values()), kinds
   jax.block_until_ready(compiled(*args))
   with jax.profiler.trace(str(tmp_path)):
     jax.block_until_ready(compiled(*args))
   [path] = glob.glob(str(tmp_path / '**' / '*.xplane.pb'), recursive=True)
   times = profile.op_times(path, kinds)
-  assert times.get('convolution', 0) > 0 and times.get('attention matmul', 0) > 0
+  assert times.get('convolution', 0) > 0 and times.get('batched matmul', 0) > 0
   assert set(times) <= set(profile.KINDS)
 
 
@@ -192,7 +192,7 @@ def test_profile_kinds_of_instructions():
   assert profile.kind_of('fusion', [('convolution', ''), ('add', '')]) == (
       'convolution')
   assert profile.kind_of('fusion', [('dot', 'dot(a, b), lhs_batch_dims={0}'),
-                                    ('exponential', '')]) == 'attention matmul'
+                                    ('exponential', '')]) == 'batched matmul'
   assert profile.kind_of('dot', [('dot', 'dot(a, b), lhs_contracting_dims='
                                   '{1}')]) == 'dense matmul'
   assert profile.kind_of('all-reduce', []) == 'collective'
@@ -200,5 +200,8 @@ def test_profile_kinds_of_instructions():
   assert profile.kind_of('fusion', [('transpose', ''), ('copy', ''),
                                     ('parameter', '')]) == 'layout'
   assert profile.kind_of('copy', []) == 'layout'
+  assert profile.kind_of('fusion', [('broadcast', ''), ('constant', '')]) == (
+      'element-wise')
+  assert profile.kind_of('dot', []) == 'dense matmul'
   assert profile.kind_of('fusion', [('add', ''), ('multiply', '')]) == (
       'element-wise')

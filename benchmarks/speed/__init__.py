@@ -47,7 +47,7 @@ Modules: timing (how times are taken), machine (CPU/accelerator, load,
 versions), options (sizes, configs, what sections share), build (the
 stages' compiled steps), child (fresh processes), one module per section
 (matmul, training_step, dispatch, sampling, pipeline, distill_cost, memory,
-sharding), report (JSON), table (printed summary), main (run and flags).
+sharding, profile), report (JSON), table (printed summary), main (run and flags).
 """
 
 from benchmarks.speed.timing import median_ratio

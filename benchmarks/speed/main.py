@@ -39,7 +39,8 @@ SECTIONS = {
     'pmap_vs_shard_map': sharding.section,
     'profile': profile.section,
 }
-GOALS = {'step': training_step.GOAL, 'sampling': sampling.GOAL,
+GOALS = {'step': training_step.GOAL, 'dispatch': dispatch.GOAL,
+         'sampling': sampling.GOAL,
          'pipeline': pipeline.GOAL, 'distill_cost': distill_cost.GOAL}
 
 

@@ -4,14 +4,18 @@ The digits teacher step and the CIFAR-10 teacher step (at --cifar_batch)
 each run a few calls under jax.profiler.trace. XLA:CPU records one trace
 event per operation it executes, named after its HLO instruction; the
 compiled HLO says what that instruction does. Each event's time goes to the
-first kind that fits: convolution, attention matmul (a dot with batch
-dimensions: the attention blocks' QK^T and AV), dense matmul (the other
-dots: embeddings, projections), reduction (GroupNorm statistics, the loss,
-norms), layout (copies, transposes, slices and concatenations only),
-collective (the gradient all-reduce), element-wise (everything else:
-activations, GroupNorm's scale and shift, Adam, EMA). Operations run on two
-threads at once on two cores, so their times add up to more than the wall
-time. CPU only: on an accelerator the events are kernels, named otherwise.
+first kind that fits: convolution, batched matmul (a dot with batch
+dimensions: the attention blocks' QK^T and AV, and any other batched
+einsum), dense matmul (the other dots: embeddings, projections), reduction
+(GroupNorm statistics, the loss, norms), layout (copies, transposes, slices
+and concatenations only), collective (the gradient all-reduce),
+element-wise (everything else: activations, GroupNorm's scale and shift,
+Adam, EMA). Loops, calls and conditionals get no kind: the operations in
+their bodies are counted instead. Op time is the sum over the threads that
+issue operations: it can exceed the wall time (operations in parallel) or
+fall short of it (gaps between operations; work that an operation hands to
+a thread pool counts once). CPU only: on an accelerator the events are
+kernels, named otherwise.
 """
 
 import collections
@@ -28,17 +32,24 @@ from benchmarks.speed import build
 from benchmarks.speed import report
 from benchmarks.speed import training_step
 
-KINDS = ('convolution', 'attention matmul', 'dense matmul', 'reduction',
+KINDS = ('convolution', 'batched matmul', 'dense matmul', 'reduction',
          'layout', 'collective', 'element-wise')
 _LAYOUT_OPS = {'copy', 'transpose', 'bitcast', 'reshape', 'slice',
                'concatenate', 'parameter', 'tuple', 'get-tuple-element',
-               'dynamic-slice', 'dynamic-update-slice', 'pad'}
+               'dynamic-slice', 'dynamic-update-slice', 'pad', 'constant',
+               'broadcast', 'iota'}
+# Only these make a fusion of _LAYOUT_OPS a layout change.
+_MOVES = {'copy', 'transpose', 'slice', 'concatenate', 'dynamic-slice',
+          'dynamic-update-slice', 'pad'}
+# Control flow: its body's operations have their own events.
+_CONTROL = {'while', 'call', 'conditional'}
 _COLLECTIVES = {'all-reduce', 'all-gather', 'reduce-scatter',
                 'collective-permute', 'all-to-all'}
 _HEADER = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(.*\{$')
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?\s([a-z][a-z0-9\-]*)\((.*)$')
-_CALLS = re.compile(r'(?:calls|to_apply|body|condition)=%?([\w.\-]+)')
+_CALLS = re.compile(r'(?:calls|to_apply|body|condition|true_computation|'
+                    r'false_computation)=%?([\w.\-]+)')
 
 
 def _parse(hlo_text: str):
@@ -75,15 +86,14 @@ def kind_of(opcode: str, called: list) -> str:
   if opcodes & {'convolution'}:
     return 'convolution'
   dots = [line for o, line in called if o == 'dot']
-  if dots:
-    attention = any('lhs_batch_dims' in line for line in dots)
-    return 'attention matmul' if attention else 'dense matmul'
+  if dots or opcode == 'dot':
+    batched = any('lhs_batch_dims' in line for line in dots)
+    return 'batched matmul' if batched else 'dense matmul'
   if opcodes & _COLLECTIVES:
     return 'collective'
   if opcodes & {'reduce', 'reduce-window'}:
     return 'reduction'
-  if opcodes <= _LAYOUT_OPS | {'fusion', 'custom-call'} and opcodes & (
-      _LAYOUT_OPS - {'parameter', 'tuple', 'get-tuple-element'}):
+  if opcodes <= _LAYOUT_OPS | {'fusion'} and opcodes & _MOVES:
     return 'layout'
   return 'element-wise'
 
@@ -94,6 +104,8 @@ def instruction_kinds(hlo_text: str) -> dict:
   kinds = {}
   for body in comps.values():
     for name, opcode, line in body:
+      if opcode in _CONTROL:
+        continue
       called = list(_ops(comps, line))
       if opcode == 'dot':
         called.append(('dot', line))
@@ -156,7 +168,7 @@ def section(ctx) -> dict:
       'Per step, the time of the operations XLA:CPU executed, by kind '
       '(benchmarks/speed/profile.py), from a jax.profiler trace of a few '
       'calls: the digits teacher step at train.batch_size and the CIFAR-10 '
-      'teacher step at --cifar_batch, float32, one device. Operations run '
-      'on several threads at once, so op time exceeds the wall time. '
+      'teacher step at --cifar_batch, float32, one device. Op time is '
+      'summed over the threads that issue operations. '
       'value = the convolutions\' share of the CIFAR-10 step\'s op time.',
       rows=rows)

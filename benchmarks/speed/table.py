@@ -3,7 +3,7 @@
 from benchmarks.speed import machine
 from benchmarks.speed.report import fmt
 
-_AT_LEAST = ('step', 'pipeline')
+_AT_LEAST = ('step', 'dispatch', 'pipeline')
 
 
 def _load(run) -> str:

@@ -81,9 +81,8 @@ def _ops(comps, line, seen=None):
 def kind_of(opcode: str, called: list) -> str:
   """The kind of an instruction from its opcode and the (opcode, line) of
   what it calls (a dot lists itself there, for its dimensions)."""
-  ops = [(opcode, '')] + called
-  opcodes = {o for o, _ in ops}
-  if opcodes & {'convolution'}:
+  opcodes = {opcode} | {o for o, _ in called}
+  if 'convolution' in opcodes:
     return 'convolution'
   dots = [line for o, line in called if o == 'dot']
   if dots or opcode == 'dot':

@@ -155,11 +155,14 @@ def test_teacher_resume_is_bitwise_identical(digits_dir, tmp_path):
 
 def test_steps_per_dispatch_gives_the_state_of_single_steps(tiny_model):
   """Four single-step calls, two calls of two steps, one call of four: the
-  same state to float rounding (_ROUNDING). Not bit for bit: inside the
-  k-step program XLA lays out the later steps' parameters and the batch
-  slices as it chooses, and a few gradient entries round differently. On
-  CPU the k steps are straight-line code, without a loop
-  (trainer.scan_unroll)."""
+  same state to float rounding (_ROUNDING). Not bit for bit: in the k-step
+  program XLA fuses consecutive steps' element-wise updates of a leaf into
+  one kernel (in the compiled HLO of this tiny model: conv_out's Adam second
+  moment, steps 1 and 2 in one fusion), whose arithmetic rounds differently
+  from the two separate kernels of single steps; after 2 steps the kernel
+  differs by about 1e-10. An optimization barrier between the steps does not
+  stop that fusion on XLA:CPU. On CPU the k steps are straight-line code,
+  without a loop (trainer.scan_unroll)."""
   config, model, params = tiny_model
   stage = teacher_stage.teacher_stage(config, '/unused')
   batches = [jax.tree.map(lambda a: a.reshape((4, -1) + a.shape[1:]),

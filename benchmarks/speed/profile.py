@@ -26,7 +26,6 @@ import tempfile
 import time
 
 import jax
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from benchmarks.speed import build
 from benchmarks.speed import report
@@ -114,17 +113,13 @@ def instruction_kinds(hlo_text: str) -> dict:
 
 def op_times(xplane_path: str, kinds: dict) -> dict:
   """Seconds per kind: the host plane's events named after an instruction."""
-  space = xplane_pb2.XSpace()
-  with open(xplane_path, 'rb') as f:
-    space.ParseFromString(f.read())
   out = collections.Counter()
-  for plane in space.planes:
-    names = plane.event_metadata
+  for plane in jax.profiler.ProfileData.from_file(xplane_path).planes:
     for line in plane.lines:
       for event in line.events:
-        kind = kinds.get(names[event.metadata_id].name)
+        kind = kinds.get(event.name)
         if kind is not None:
-          out[kind] += event.duration_ps * 1e-12
+          out[kind] += event.duration_ns * 1e-9
   return dict(out)
 
 

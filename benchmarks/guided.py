@@ -11,6 +11,7 @@ writes under benchmarks/results/:
                                seed, fd_digits, label_accuracy}, sorted
   guided_digits.md    (--md)   mean +- std over seeds per (model, steps, w)
                                and the targets, for BENCHMARKS.md
+                               (default: --out's path with .md)
 
 Targets, at each w evaluated ("the guided teacher" is the teacher at its
 best step count for that w, by mean FD-digits):
@@ -144,7 +145,7 @@ def main(argv):
   summary = summarize(rows)
   text = markdown(summary, check_targets(summary))
   quality.write_text(FLAGS.out, json.dumps(rows, indent=1) + '\n')
-  quality.write_text(FLAGS.md, (
+  quality.write_text(quality.beside(FLAGS.out, FLAGS.md, '.md'), (
       '<!-- Written by benchmarks/guided.py. -->\n\nFD-digits (mean ± std '
       'over seeds) / label accuracy (mean), DDIM.\n\n' + text + '\n'))
   print(text)
@@ -155,6 +156,5 @@ if __name__ == '__main__':
                       'run.', required=True)
   flags.DEFINE_string('out', os.path.join(quality.RESULTS_DIR,
                                           'guided_digits.json'), 'Rows.')
-  flags.DEFINE_string('md', os.path.join(quality.RESULTS_DIR,
-                                         'guided_digits.md'), 'Table.')
+  flags.DEFINE_string('md', None, 'Table (default: --out with .md).')
   app.run(main)

@@ -18,6 +18,8 @@ benchmarks/results/:
                                  printed below (mean +- std over seeds) and
                                  the targets, for BENCHMARKS.md to include
 
+--plot and --md default to --out's path with .png and .md.
+
 Each (model, sampler, num_steps) needs >= 3 seeds (--allow_fewer_seeds to
 summarize anyway). Targets (lower FD-digits is better; "teacher's best" is
 the lowest mean over the teacher's DDIM rows, the undistilled DDIM teacher
@@ -253,6 +255,13 @@ def plot_png(summary: Sequence[Dict[str, Any]], path: str,
   plt.close(fig)
 
 
+def beside(out: str, flag_value, ext: str) -> str:
+  """`flag_value`, or when it is unset the output `out` with `ext` ('.md',
+  '.png') for its extension: an --out elsewhere keeps the table and plot
+  beside it instead of overwriting those under benchmarks/results/."""
+  return flag_value or os.path.splitext(out)[0] + ext
+
+
 def write_text(path, text):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + '.tmp'
@@ -333,10 +342,9 @@ def define_flags():
                       'is read).')
   flags.DEFINE_string('out', os.path.join(RESULTS_DIR, 'quality_digits.json'),
                       'Output JSON (the rows).')
-  flags.DEFINE_string('plot', os.path.join(RESULTS_DIR, 'quality_digits.png'),
-                      'Output plot.')
-  flags.DEFINE_string('md', os.path.join(RESULTS_DIR, 'quality_digits.md'),
-                      'Output markdown table.')
+  flags.DEFINE_string('plot', None, 'Output plot (default: --out with .png).')
+  flags.DEFINE_string('md', None,
+                      'Output markdown table (default: --out with .md).')
   flags.DEFINE_boolean('allow_fewer_seeds', False,
                        f'Summarize even with fewer than {MIN_SEEDS} seeds per '
                        'row.')
@@ -349,8 +357,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
+  plot = beside(FLAGS.out, FLAGS.plot, '.png')
+  md = beside(FLAGS.out, FLAGS.md, '.md')
   try:
-    _, targets, table = run(FLAGS.workdir, FLAGS.out, FLAGS.plot, FLAGS.md,
+    _, targets, table = run(FLAGS.workdir, FLAGS.out, plot, md,
                             allow_fewer_seeds=FLAGS.allow_fewer_seeds,
                             config_name=FLAGS.config_name)
   except (OSError, ValueError) as e:
@@ -360,7 +370,7 @@ def main(argv):
   print()
   print(format_targets(targets))
   print(f'\n{sum(t["met"] for t in targets)}/{len(targets)} targets met')
-  for path in (FLAGS.out, FLAGS.plot, FLAGS.md):
+  for path in (FLAGS.out, plot, md):
     print(f'wrote {path}')
 
 

@@ -1,8 +1,14 @@
 """benchmarks/guided.py: its rows and targets, on made-up eval rows."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 from benchmarks import guided
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _row(model, n, w, seed, fd, acc, sampler='ddim'):
@@ -47,3 +53,17 @@ def test_targets_against_the_teacher_at_its_best_step_count():
   assert math.isclose(g4['value'], 26. / 11.) and not g4['met']
   assert '| teacher | 64 |' in guided.markdown(summary,
                                                guided.check_targets(summary))
+
+
+def test_script_writes_the_table_beside_its_out(tmp_path):
+  os.makedirs(tmp_path / 'w' / 'eval')
+  with open(tmp_path / 'w' / 'eval' / 'results.json', 'w') as f:
+    json.dump(_rows(), f)
+  out = tmp_path / 'o' / 'g.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.guided',
+       f'--workdir={tmp_path / "w"}', f'--out={out}'],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert len(json.loads(out.read_text())) == 3 * 2 * 4
+  assert '| teacher | 64 |' in (tmp_path / 'o' / 'g.md').read_text()

@@ -195,9 +195,9 @@ def _script(args, module):
 
 def test_script_end_to_end(tmp_path):
   workdir, _ = _workdir(tmp_path)
-  files = [str(tmp_path / f'q.{e}') for e in ('json', 'png', 'md')]
-  proc = _script([f'--workdir={workdir}', f'--out={files[0]}',
-                  f'--plot={files[1]}', f'--md={files[2]}'], module=False)
+  # Only --out: the plot and the table land beside it.
+  files = [str(tmp_path / 'out' / f'q.{e}') for e in ('json', 'png', 'md')]
+  proc = _script([f'--workdir={workdir}', f'--out={files[0]}'], module=False)
   assert proc.returncode == 0, proc.stderr
   # Teacher best DDIM 100/8 = 13.5; 4-step student 25: T1 misses, T2 misses
   # (26/25), T3 passes (22/13.5 = 1.63).

@@ -232,6 +232,27 @@ class Stage:
   step_hook: Optional[Callable[[int], None]] = None
 
 
+def replicate(tree, devices=None):
+  """`tree` copied to each of `devices` (default: the local devices), sharded
+  as the pmapped step returns its state: over a mesh whose one axis is AXIS.
+
+  The step's compiled program is cached by its inputs' shardings. Arrays from
+  flax.jax_utils.replicate live on a mesh with another axis name, so a state
+  replicated that way and then the step's own output state were two inputs:
+  every stage compiled its step twice, once at step 1 and again at step 2
+  (about 25 s each for the digits U-Net on the 2-core VM of BENCHMARKS.md).
+  """
+  devices = list(devices or jax.local_devices())
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array(devices), (AXIS,)),
+      jax.sharding.PartitionSpec(AXIS))
+  def put(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape),
+                          sharding)
+  return jax.tree.map(put, tree)
+
+
 def _first_local(x):
   """This process's copy of a pmapped value (x[0] would read device 0, which
   lives on process 0 only: other processes would wait for it forever)."""
@@ -340,8 +361,8 @@ def _train(stage, ckpt, state, start, writer):
   """The loop from `start` to the last step; returns the replicated state."""
   p = stage.periodic
   k = stage.step.steps_per_dispatch
-  state_r = flax.jax_utils.replicate(state)
-  extra_r = flax.jax_utils.replicate(stage.extra)
+  state_r = replicate(state)
+  extra_r = replicate(stage.extra)
   batches = _batches(stage, start)
   report = periodic_actions.ReportProgress(num_train_steps=stage.num_steps,
                                            writer=writer)

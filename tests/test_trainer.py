@@ -153,6 +153,24 @@ def test_teacher_resume_is_bitwise_identical(digits_dir, tmp_path):
   assert ckpt.all_steps() == [4, 6]
 
 
+def test_a_stage_traces_and_compiles_its_step_once(tiny_model, tmp_path):
+  """Step 2 is fed step 1's output state: the same shardings as the state
+  replicated for step 1, so no second trace or compile (trainer.replicate)."""
+  config, model, _ = tiny_model
+  stage = teacher_stage.teacher_stage(config, str(tmp_path))
+  loss_fn, traces = teacher_stage.teacher_loss_fn(config, model), []
+
+  def counted(*args, **kwargs):
+    traces.append(1)
+    return loss_fn(*args, **kwargs)
+
+  stage.step = trainer.make_step(counted, stage.step.optimizer,
+                                 stage.step.learning_rate_fn, ema_decay=0.9)
+  state = trainer.run_stage(stage)
+  assert int(state.step) == stage.num_steps > 2
+  assert len(traces) == 1
+
+
 def test_steps_per_dispatch_gives_the_state_of_single_steps(tiny_model):
   """Four single-step calls, two calls of two steps, one call of four: the
   same state to float rounding (_ROUNDING). Not bit for bit: in the k-step

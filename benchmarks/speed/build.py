@@ -14,7 +14,6 @@ import tempfile
 import time
 from typing import Any, Optional
 
-import flax.jax_utils
 import jax
 import numpy as np
 
@@ -136,8 +135,8 @@ def call_args(stage, config, batch_size, devices):
   """[state, batches, ...] as Step.__call__ passes them to Step.fn."""
   step = stage.step
   state = TrainState.create(stage.init_params, step.optimizer, stage.rng)
-  state_r = flax.jax_utils.replicate(state, devices)
-  extra_r = flax.jax_utils.replicate(stage.extra, devices)
+  state_r = trainer.replicate(state, devices)
+  extra_r = trainer.replicate(stage.extra, devices)
   k = step.steps_per_dispatch
   batches = shard(device_batches(config, batch_size, len(devices), k),
                   devices)

@@ -9,9 +9,9 @@ evaluation, for w in [0, 1]), stage 2 (its progressive distillation from 16
 steps to 1) and the evaluation at w = 0, 0.25, 0.5 and 1: FD-digits and the
 label accuracy (the share of samples the fixed digits classifier assigns to
 the requested label), with the trade-off plot eval/guidance_tradeoff.png.
-Runs on a laptop CPU with no download: 38.8 minutes on a 2-core Intel Xeon
-VM (teacher 885 s, stage 1 690 s, four rounds 527 s, evaluation 195 s;
-BENCHMARKS.md). docs/method.md, section 7, has the method. Sample a guided
+Runs on a laptop CPU with no download: 38.8 and 40.5 minutes in two runs
+on a 2-core Intel Xeon VM (the first: teacher 885 s, stage 1 690 s, four
+rounds 527 s, evaluation 195 s; BENCHMARKS.md). docs/method.md, section 7, has the method. Sample a guided
 student with
 `python sample.py --workdir=/tmp/digits_guided --guidance=0.5 --labels=3`.
 """

@@ -53,6 +53,10 @@ def _train():
   train.num_steps = 800_000
   train.learning_rate = 2e-4
   train.warmup_steps = 1000
+  # 0: the learning rate stays constant after the warm-up (the paper's
+  # teachers). N: it follows a cosine from the end of the warm-up to 0 at
+  # step N, so that a run of N steps ends on a settled model.
+  train.decay_steps = 0
   train.weight_decay = 1e-3
   train.ema_decay = 0.9999
   train.grad_clip = 1.0

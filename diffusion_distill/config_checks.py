@@ -63,6 +63,8 @@ _RANGES = {
     'train.num_steps': (_positive, 'must be positive'),
     'train.learning_rate': (_positive, 'must be positive'),
     'train.warmup_steps': (_non_negative, 'must be 0 (no warm-up) or positive'),
+    'train.decay_steps': (lambda v: _is_int(v) and v >= 0,
+                          'must be 0 (no decay) or a positive integer'),
     'train.weight_decay': (_non_negative, 'must be 0 or positive'),
     'train.ema_decay': (lambda v: _is_number(v) and 0 <= v < 1,
                         'use a value in [0, 1)'),
@@ -132,6 +134,7 @@ def check_config(config, schema=None):
     value = _get(config, field)
     require(test(value), field, value, fix)
   _check_dataset(config)
+  _check_decay(config)
   _check_dispatch(config)
   _check_model(config)
   _check_schedule(config)
@@ -177,6 +180,14 @@ def _check_dataset(config):
   require(d.data_dir is None or (isinstance(d.data_dir, str) and d.data_dir),
           'dataset.data_dir', d.data_dir,
           'give a directory, or leave it unset for TFDS_DATA_DIR')
+
+
+def _check_decay(config):
+  t = config.train
+  require(not t.decay_steps or t.decay_steps > t.warmup_steps,
+          'train.decay_steps', t.decay_steps,
+          f'the decay starts after train.warmup_steps={t.warmup_steps}: use '
+          'a larger value (e.g. train.num_steps), or 0 for no decay')
 
 
 def _check_dispatch(config):
@@ -391,7 +402,8 @@ _FROZEN_ONCE_STARTED = {
            'dataset.random_flip', 'dataset.shuffle_buffer', 'model.*',
            'schedule.*'),
     'teacher': ('train.batch_size', 'train.learning_rate',
-                'train.warmup_steps', 'train.weight_decay', 'train.ema_decay',
+                'train.warmup_steps', 'train.decay_steps', 'train.weight_decay',
+                'train.ema_decay',
                 'train.grad_clip', 'guidance.label_dropout'),
     # Its learning rate decays to 0 over guidance.num_steps, as a round's
     # over its updates, so that is fixed too.

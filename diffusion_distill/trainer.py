@@ -54,8 +54,13 @@ def make_optimizer(learning_rate_fn, *, weight_decay=0., grad_clip=0.):
   return optax.chain(*parts)
 
 
-def warmup_constant_schedule(learning_rate, warmup_steps):
-  """Linear warm-up from 0, then constant (the teacher's schedule)."""
+def warmup_constant_schedule(learning_rate, warmup_steps, decay_steps=0):
+  """Linear warm-up from 0, then constant (the teacher's schedule); with
+  `decay_steps`, a cosine decay after the warm-up that reaches 0 at step
+  `decay_steps` and stays there."""
+  if decay_steps:
+    return optax.warmup_cosine_decay_schedule(
+        0., learning_rate, warmup_steps, decay_steps, end_value=0.)
   if not warmup_steps:
     return optax.constant_schedule(learning_rate)
   return optax.join_schedules([

@@ -71,6 +71,22 @@ def _run_steps(model, params, num_devices, batches, skip_nonfinite=True):
   return jax.device_get(jax.tree.map(lambda a: a[0], state)), metrics
 
 
+def test_teacher_learning_rate_warms_up_then_stays_or_decays_to_zero(
+    tiny_model):
+  config, model, _ = tiny_model
+  config = config.copy_and_resolve_references()
+  config.train.learning_rate, config.train.warmup_steps = 1e-3, 10
+  lr = lambda c, s: float(teacher_stage.make_teacher_step(
+      c, model).learning_rate_fn(s))
+  config.train.decay_steps = 0
+  assert [lr(config, s) for s in (0, 5, 10, 110, 10**6)] == pytest.approx(
+      [0., 5e-4, 1e-3, 1e-3, 1e-3])
+  # Cosine from the end of the warm-up (10) to 0 at step 110.
+  config.train.decay_steps = 110
+  assert [lr(config, s) for s in (5, 10, 60, 110, 500)] == pytest.approx(
+      [5e-4, 1e-3, 5e-4, 0., 0.], abs=1e-9)
+
+
 def test_four_devices_equal_one_device(tiny_model):
   assert jax.local_device_count() == 4
   _, model, params = tiny_model

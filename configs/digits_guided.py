@@ -9,9 +9,9 @@ evaluation, for w in [0, 1]), stage 2 (its progressive distillation from 16
 steps to 1) and the evaluation at w = 0, 0.25, 0.5 and 1: FD-digits and the
 label accuracy (the share of samples the fixed digits classifier assigns to
 the requested label), with the trade-off plot eval/guidance_tradeoff.png.
-Runs on a laptop CPU with no download: 38.8 and 40.5 minutes in two runs
-on a 2-core Intel Xeon VM (the first: teacher 885 s, stage 1 690 s, four
-rounds 527 s, evaluation 195 s; BENCHMARKS.md). docs/method.md, section 7, has the method. Sample a guided
+Runs on a laptop CPU with no download: 25.0 minutes on a 2-core Intel Xeon
+VM (teacher 336 s, stage 1 485 s, four rounds 473 s, evaluation 168 s;
+BENCHMARKS.md). docs/method.md, section 7, has the method. Sample a guided
 student with
 `python sample.py --workdir=/tmp/digits_guided --guidance=0.5 --labels=3`.
 """
@@ -27,14 +27,15 @@ def get_config():
   # Ho & Salimans found 0.1 and 0.2 about equally good on ImageNet 64.
   config.guidance.label_dropout = 0.1
   # Meng et al.'s [0, 4] is for ImageNet. On digits the teacher's samples are
-  # already labelled right 96% of the time unguided, w = 1 makes them 100%
-  # and FD-digits 4x worse, and a student asked to cover [0, 4] lost the
-  # unguided end (FD-digits 31.6 at w = 0 against the teacher's 16.9 after
-  # 1,200 updates; 19.2 when it learns [0, 1]): BENCHMARKS.md.
+  # already labelled right 95% of the time unguided, w = 1 makes them 100%
+  # and FD-digits 5x worse, and a student asked to cover [0, 4] lost the
+  # unguided end (with the former 4,000-step teacher: FD-digits 31.6 at
+  # w = 0 against the teacher's 16.9 after 1,200 updates; 19.2 when it
+  # learns [0, 1]): BENCHMARKS.md.
   config.guidance.w_max = 1.0
-  # 1,600 updates from the decayed teacher below gave a 4-step student of
-  # 20.4 (w = 0, seed 0) against the 16-step teacher's 18.2 (1.12x;
-  # BENCHMARKS.md).
+  # 1,600 updates from the decayed teacher below and rounds of 300 give a
+  # 4-step student of FD-digits 18.8 at w = 0 against the 16-step teacher's
+  # 17.0 (1.11x, 3 seeds; BENCHMARKS.md).
   config.guidance.num_steps = 1600
   config.guidance.learning_rate = 2e-4
   config.guidance.batch_size = 64
@@ -47,9 +48,9 @@ def get_config():
   config.train.num_steps = 1500
   config.train.decay_steps = 1500
   config.train.ema_decay = 0.995
-  # The guided teacher's DDIM is as good at 16 steps as at 64 at w = 0
-  # (FD-digits 16.9 and 16.9, seed 0), and every round costs the w = 0 end
-  # about a point: from 64 steps the 4-step student had 22.2, from 16 steps
+  # The former guided teacher's DDIM was as good at 16 steps as at 64 at
+  # w = 0 (FD-digits 16.9 and 16.9, seed 0), and every round costs the w = 0
+  # end about a point: from 64 steps the 4-step student had 22.2, from 16 steps
   # 19.7 (BENCHMARKS.md). So the rounds start at 16 and the evaluation
   # samples the teacher at 4 and 16 steps (64 would add 448 network
   # evaluations per sample to the 200 of all other rows).

@@ -416,6 +416,9 @@ _FROZEN_ONCE_STARTED = {
                 'distill.batch_size', 'distill.grad_clip'),
 }
 _MAY_ALWAYS_CHANGE = ('model.dtype',)
+# Fields added since workdirs were first written, with the value that a
+# config.json without them trained with.
+_BEFORE_THE_FIELD = {'train.decay_steps': 0}
 
 
 def _flat(tree, prefix=''):
@@ -447,7 +450,7 @@ def resume_changes(saved, config, workdir, started):
   (the workdir's config.json) and may change; raises ConfigError, naming
   each, if any of the others differ. `started`: the stages with checkpoints.
   """
-  old = _flat(saved)
+  old = {**_BEFORE_THE_FIELD, **_flat(saved)}
   new = _flat(json.loads(config.to_json_best_effort()))
   changed = [(f, old[f], new[f]) for f in sorted(new)
              if f in old and old[f] != new[f]]

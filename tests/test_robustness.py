@@ -3,6 +3,7 @@ NaN updates and NaN in the data. Each must stop with one clear line, or
 recover, without touching the user's files."""
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -304,6 +305,25 @@ def test_resume_with_a_changed_model_is_refused_before_writing(
         'train.num_steps': 8, 'distill.learning_rate': 1e-3}), workdir)
   assert any('config.train.num_steps changed' in l and '6 -> 8' in l
              for l in infos.lines), infos.lines
+
+
+def test_a_workdir_from_before_decay_steps_resumes_only_without_decay(
+    digits_dir):
+  """A config.json written before train.decay_steps existed trained with a
+  constant learning rate: asking for a decay once the teacher has started
+  is refused, keeping it is not a change."""
+  config = _config(digits_dir)
+  saved = json.loads(config.to_json_best_effort())
+  del saved['train']['decay_steps']
+  assert config_checks.resume_changes(saved, config, 'wd', {'teacher'}) == []
+  decayed = _config(digits_dir, **{'train.decay_steps': 10})
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.resume_changes(saved, decayed, 'wd', {'teacher'})
+  _one_line(e, 'config.train.decay_steps (0 -> 10)',
+            '--config.train.decay_steps=0')
+  # Before the teacher has a checkpoint it may still change.
+  assert config_checks.resume_changes(saved, decayed, 'wd', set()) == [
+      ('train.decay_steps', 0, 10)]
 
 
 def test_workdir_under_a_file_is_a_config_error(digits_dir, tmp_path):

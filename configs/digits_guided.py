@@ -40,12 +40,14 @@ def get_config():
   config.guidance.learning_rate = 2e-4
   config.guidance.batch_size = 64
 
-  # A teacher whose learning rate decays to 0 at its last step, with a short
-  # EMA, ends on a settled model: 1,500 steps give DDIM 16 steps FD-digits
-  # 18.2 (w = 0, seed 0), near 4,000 steps at a constant 1e-3 with EMA
-  # decay 0.999 (16.9), whose EMA still held 0.999**N of the random
-  # initialisation (5% at 3,000 steps: 60.3; BENCHMARKS.md).
+  # The former teacher, 4,000 steps at a constant 1e-3 with EMA decay 0.999,
+  # swung between checkpoints (DDIM 16 steps, w = 0, seed 0: 60.3 at 3,000
+  # steps, 16.9 at 4,000), its EMA still holding 0.999**N of the random
+  # initialisation. With the learning rate decayed to 0 at the last step and
+  # a short EMA, 1,500 steps give 18.2 (17.0 over 3 seeds against the former
+  # 15.5; the students are as good as before). BENCHMARKS.md.
   config.train.num_steps = 1500
+  # At least train.num_steps: a longer teacher needs a larger value too.
   config.train.decay_steps = 1500
   config.train.ema_decay = 0.995
   # The former guided teacher's DDIM was as good at 16 steps as at 64 at

@@ -188,6 +188,12 @@ def _check_decay(config):
           'train.decay_steps', t.decay_steps,
           f'the decay starts after train.warmup_steps={t.warmup_steps}: use '
           'a larger value (e.g. train.num_steps), or 0 for no decay')
+  require(not t.decay_steps or t.decay_steps >= t.num_steps,
+          'train.decay_steps', t.decay_steps,
+          f'the learning rate would be 0 for the last '
+          f'{t.num_steps - t.decay_steps} of train.num_steps={t.num_steps}, '
+          'which would change nothing: set it to train.num_steps (a teacher '
+          'that has started needs a new --workdir), or 0 for no decay')
 
 
 def _check_dispatch(config):
@@ -394,7 +400,8 @@ def check_teacher_choice(config, workdir):
 
 # What a stage that has started has trained with: a re-run in its workdir
 # may not change it (the run would no longer be the one that was stopped).
-# Every other field may change, e.g. train.num_steps (to train longer),
+# Every other field may change, e.g. train.num_steps (to train longer; not
+# past train.decay_steps, which is frozen),
 # distill.end_num_steps (to distill further), the intervals, model.dtype
 # (checkpoints are float32 whatever the compute dtype) and config.eval.
 _FROZEN_ONCE_STARTED = {

@@ -49,7 +49,7 @@ def teacher_loss_fn(config, model):
 def make_teacher_step(config, model) -> trainer.Step:
   """Adam with warm-up and weight decay, EMA: the teacher's compiled step."""
   t = config.train
-  learning_rate_fn = trainer.warmup_constant_schedule(
+  learning_rate_fn = trainer.teacher_schedule(
       t.learning_rate, t.warmup_steps, t.decay_steps)
   return trainer.make_step(
       teacher_loss_fn(config, model),

@@ -54,10 +54,12 @@ def make_optimizer(learning_rate_fn, *, weight_decay=0., grad_clip=0.):
   return optax.chain(*parts)
 
 
-def warmup_constant_schedule(learning_rate, warmup_steps, decay_steps=0):
-  """Linear warm-up from 0, then constant (the teacher's schedule); with
-  `decay_steps`, a cosine decay after the warm-up that reaches 0 at step
-  `decay_steps` and stays there."""
+def teacher_schedule(learning_rate, warmup_steps, decay_steps=0):
+  """The teacher's learning rate: a linear warm-up from 0, then constant; with
+  `decay_steps`, a cosine after the warm-up that reaches 0 at update
+  `decay_steps` (counted from 0, warm-up included) and stays there. It counts
+  the optimizer's updates, so a skipped non-finite update delays it by one.
+  """
   if decay_steps:
     return optax.warmup_cosine_decay_schedule(
         0., learning_rate, warmup_steps, decay_steps, end_value=0.)

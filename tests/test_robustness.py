@@ -66,6 +66,8 @@ BAD_CONFIGS = [
     ({'train.decay_steps': -5}, 'config.train.decay_steps', '-5'),
     ({'train.warmup_steps': 100, 'train.decay_steps': 100},
      'config.train.decay_steps', '100'),
+    ({'train.num_steps': 300, 'train.decay_steps': 200},
+     'config.train.decay_steps', '200'),
     ({'stages': ('teacher', 'eval'), 'eval.batch_size': 6},
      'config.eval.batch_size', '6'),
     ({'stages': ('teacher', 'eval'), 'eval.sample_steps': (4, 0)},

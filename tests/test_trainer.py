@@ -51,7 +51,7 @@ def _global_batch(n=8, seed=0):
 
 def _run_steps(model, params, num_devices, batches, skip_nonfinite=True):
   optimizer = trainer.make_optimizer(
-      trainer.warmup_constant_schedule(1e-3, 1), weight_decay=1e-3,
+      trainer.teacher_schedule(1e-3, 1), weight_decay=1e-3,
       grad_clip=1.)
   loss_fn = functools.partial(_noise_from_batch_loss,
                               model_fn=inference.make_model_fn(model))

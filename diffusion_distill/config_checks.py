@@ -410,8 +410,7 @@ _FROZEN_ONCE_STARTED = {
            'schedule.*'),
     'teacher': ('train.batch_size', 'train.learning_rate',
                 'train.warmup_steps', 'train.decay_steps', 'train.weight_decay',
-                'train.ema_decay',
-                'train.grad_clip', 'guidance.label_dropout'),
+                'train.ema_decay', 'train.grad_clip', 'guidance.label_dropout'),
     # Its learning rate decays to 0 over guidance.num_steps, as a round's
     # over its updates, so that is fixed too.
     'guide': ('distill.teacher_checkpoint', 'guidance.w_min', 'guidance.w_max',

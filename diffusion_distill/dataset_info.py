@@ -86,6 +86,23 @@ def has_null_class(config) -> bool:
       guidance.get('label_dropout', 0.) > 0)
 
 
+# Why a guided checkpoint written before label dropout reached the teacher's
+# loss cannot be guided: its null class kept its random initial embedding.
+UNTRAINED_NULL_CLASS = (
+    'its teacher was trained before guidance.label_dropout reached the '
+    "teacher's loss, so its null class never learned the unconditional "
+    'prediction and guided samples would be wrong: retrain the teacher (a '
+    'new --workdir), then its \'guide\' and \'distill\' stages; unguided '
+    'use (no guidance, w = 0) still works')
+
+
+def null_class_untrained(config) -> bool:
+  """Whether `config`, a checkpoint's (layout.config_from_meta), has a null
+  class that its teacher never trained: see UNTRAINED_NULL_CLASS."""
+  guidance = config.get('guidance') or {}
+  return has_null_class(config) and guidance.get('null_class_trained') is False
+
+
 def num_model_classes(config) -> int:
   """Label values the model embeds: 1 (none) unless class-conditional; the
   data set's classes, plus the null class (the last) with label dropout."""

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_distill import dataset_info
 from diffusion_distill import samplers
 from diffusion_distill import schedules
 
@@ -130,7 +131,9 @@ class Sampler:
   was trained with. `num_classes` counts the data set's classes; a model
   trained with label dropout also has the class `null_label`, and is guided
   with two evaluations per step; a model that takes w (`guidance_range`,
-  the [w_min, w_max] it learned) with one. Compiled programs are kept by the
+  the [w_min, w_max] it learned) with one. `null_class_untrained`: a guided
+  run's model whose teacher never trained its null class
+  (dataset_info.UNTRAINED_NULL_CLASS), sampled unguided only. Compiled programs are kept by the
   sampler and shared with the samplers `with_params` makes.
   """
 
@@ -138,7 +141,7 @@ class Sampler:
                num_classes: int, schedule=None,
                num_steps: Optional[int] = None, default_num_steps=256,
                clip_x=True, config: Any = None, null_label=None,
-               guidance_range=None):
+               guidance_range=None, null_class_untrained=False):
     self.model = model
     self.params = params
     self.mean_type = mean_type
@@ -153,6 +156,7 @@ class Sampler:
     self.clip_x = clip_x
     self.config = config
     self.null_label = null_label
+    self.null_class_untrained = null_class_untrained
     self.guidance_range = (None if guidance_range is None else
                            tuple(float(w) for w in guidance_range))
     self._device_params = None
@@ -164,6 +168,9 @@ class Sampler:
 
   def _guided(self, guidance):
     """How to apply `guidance` (see _Program.guided); one-line errors."""
+    if guidance and self.null_class_untrained:
+      raise ValueError(f'guidance={guidance} cannot be used with this model: '
+                       + dataset_info.UNTRAINED_NULL_CLASS)
     if self.guidance_range is not None:
       w_min, w_max = self.guidance_range
       if guidance is not None and not w_min <= guidance <= w_max:

@@ -128,17 +128,27 @@ def model_meta(config, *, stage, num_sample_steps, stage_num_steps):
   }
   if dataset_info.has_null_class(config):
     g = config.guidance
+    # null_class_trained: the teacher's loss applied the label dropout (a
+    # guided stage refuses a teacher that did not, so every guided
+    # checkpoint written since descends from one that did).
     meta['guidance'] = {'label_dropout': float(g.label_dropout),
-                        'w_min': float(g.w_min), 'w_max': float(g.w_max)}
+                        'w_min': float(g.w_min), 'w_max': float(g.w_max),
+                        'null_class_trained': True}
   return meta
 
 
 def config_from_meta(meta):
   """The config sections (model, dataset, schedule, guidance) a checkpoint
-  recorded; guidance only for guided runs' checkpoints."""
-  return ml_collections.ConfigDict({k: meta[k] for k in
-                                    ('model', 'dataset', 'schedule',
-                                     'guidance') if k in meta})
+  recorded; guidance only for guided runs' checkpoints. A guided checkpoint
+  written before label dropout reached the teacher's loss records no
+  guidance.null_class_trained: it gets False
+  (dataset_info.null_class_untrained)."""
+  config = ml_collections.ConfigDict({k: meta[k] for k in
+                                      ('model', 'dataset', 'schedule',
+                                       'guidance') if k in meta})
+  if 'guidance' in config and 'null_class_trained' not in config.guidance:
+    config.guidance.null_class_trained = False
+  return config
 
 
 def finished_students(workdir):
@@ -184,6 +194,7 @@ def make_sampler(config, model, params, num_steps=None, clip_x=True):
       image_shape=info.image_shape,
       num_classes=info.num_classes if config.dataset.class_conditional else 1,
       null_label=dataset_info.null_label(config),
+      null_class_untrained=dataset_info.null_class_untrained(config),
       guidance_range=((guidance.w_min, guidance.w_max)
                       if model.guidance_embedding else None),
       schedule=config.schedule, num_steps=num_steps, clip_x=clip_x,

@@ -130,10 +130,17 @@ def _check_eval_teacher(config, teacher):
 
 
 def _check_students(config, workdir):
-  """Finished students that evaluation will read must be of config's data."""
+  """Finished students that evaluation will read must be of config's data
+  (and, evaluated with guidance, of a teacher that trained its null class)."""
   students = layout.finished_students(workdir)
   for n, student_dir in students:
     meta = checkpoints.Checkpointer(student_dir, read_only=True).restore_meta()
+    if any(config.eval.guidance) and dataset_info.null_class_untrained(
+        layout.config_from_meta(meta)):
+      raise checkpoints.CheckpointError(
+          f'the student distilled for {n} steps in {student_dir} cannot be '
+          f'evaluated at config.eval.guidance={tuple(config.eval.guidance)}: '
+          + dataset_info.UNTRAINED_NULL_CLASS)
     name = meta.get('dataset', {}).get('name', config.dataset.name)
     if name != config.dataset.name:
       raise checkpoints.CheckpointError(

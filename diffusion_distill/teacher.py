@@ -220,9 +220,16 @@ def _resolve_file(path, config, what):
 
 
 def _check_guidance(saved_config, config, what, stage):
-  """A guided run's teachers: label dropout for 'guide', w for the rounds."""
-  if not dataset_info.has_null_class(config) or stage not in ('guide',
-                                                              'distill'):
+  """A guided run's teachers: label dropout for 'guide', w for the rounds,
+  and for both and a guided evaluation a null class that was trained."""
+  if not dataset_info.has_null_class(config):
+    return
+  if dataset_info.null_class_untrained(saved_config) and (
+      stage in ('guide', 'distill') or any(config.eval.guidance)):
+    raise checkpoints.CheckpointError(
+        f'{what} cannot be guided or distilled with guidance: '
+        + dataset_info.UNTRAINED_NULL_CLASS)
+  if stage not in ('guide', 'distill'):
     return
   if not dataset_info.has_null_class(saved_config):
     raise checkpoints.CheckpointError(

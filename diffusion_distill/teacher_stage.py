@@ -4,6 +4,7 @@ import functools
 
 import jax
 
+from diffusion_distill import dataset_info
 from diffusion_distill import inference
 from diffusion_distill import input_pipeline
 from diffusion_distill import losses
@@ -38,12 +39,18 @@ def hparams(config):
 
 
 def teacher_loss_fn(config, model):
-  """Algorithm 1's loss for `config`'s parameterization, weighting, schedule."""
+  """Algorithm 1's loss for `config`'s parameterization, weighting, schedule;
+  with a null class (guided runs), guidance.label_dropout of the labels
+  replaced by it, so that the teacher learns the unconditional prediction."""
+  null_label = dataset_info.null_label(config)
   return functools.partial(
       losses.teacher_loss, model_fn=inference.make_model_fn(model),
       mean_type=config.model.mean_type,
       weighting=config.model.loss_weighting,
-      logsnr_fn=schedules.get_logsnr_fn(config.schedule))
+      logsnr_fn=schedules.get_logsnr_fn(config.schedule),
+      label_dropout=(0. if null_label is None else
+                     float(config.guidance.label_dropout)),
+      null_label=null_label)
 
 
 def make_teacher_step(config, model) -> trainer.Step:

@@ -90,6 +90,8 @@ def _distill():
   distill.learning_rate = 1e-4
   distill.batch_size = 128
   distill.grad_clip = 1.0
+  # The rounds' loss weighting; unset: model.loss_weighting (the teacher's).
+  distill.loss_weighting = ml_collections.config_dict.placeholder(str)
   return distill
 
 
@@ -103,10 +105,17 @@ def _guidance():
   # The range of w the student learns, drawn uniformly per example.
   guidance.w_min = 0.0
   guidance.w_max = 4.0
-  # Stage 1 ('guide'): Adam, learning rate decayed linearly to 0.
+  # Stage 1 ('guide'): Adam; its learning rate decays linearly to 0 over
+  # num_steps ('linear', as a round's) or stays constant ('constant').
   guidance.num_steps = 50_000
   guidance.learning_rate = 1e-4
+  guidance.learning_rate_schedule = 'linear'
   guidance.batch_size = 128
+  # EMA decay of stage 1's parameters, whose EMA the rounds distill (0: none).
+  guidance.ema_decay = 0.0
+  # The student's w-embedding is scaled by min(step / w_warmup_steps, 1) in
+  # stage 1 (0: no warm-up; the embedding's last layer starts at zero).
+  guidance.w_warmup_steps = 0
   return guidance
 
 

@@ -101,6 +101,11 @@ _RANGES = {
     'guidance.num_steps': (_positive, 'must be positive'),
     'guidance.learning_rate': (_positive, 'must be positive'),
     'guidance.batch_size': (_positive, 'must be positive'),
+    'guidance.ema_decay': (lambda v: _is_number(v) and 0 <= v < 1,
+                           'use a value in [0, 1) (0: no EMA)'),
+    'guidance.w_warmup_steps': (lambda v: _is_int(v) and v >= 0,
+                                'must be 0 (no warm-up) or a positive '
+                                'integer'),
 }
 
 _CHOICES = {
@@ -109,6 +114,8 @@ _CHOICES = {
     'model.loss_weighting': diffusion.LOSS_WEIGHTINGS,
     'model.dtype': tuple(models.DTYPES),
     'schedule.name': tuple(schedules.SCHEDULES),
+    # guide_stage.SCHEDULES
+    'guidance.learning_rate_schedule': ('linear', 'constant'),
 }
 
 
@@ -233,6 +240,11 @@ def _nearest_working_ch(ch, ch_mult, num_res_blocks):
 def _check_model(config):
   m = config.model
   info = dataset_info.get(config.dataset.name)
+  require(m.guidance_embedding is False, 'model.guidance_embedding',
+          m.guidance_embedding,
+          "the guided stages give their students the w input themselves "
+          "('guide' and the rounds after it, with guidance.label_dropout > 0): "
+          'leave it False')
   require(_is_int(m.ch) and m.ch >= 4 and m.ch % 2 == 0, 'model.ch', m.ch,
           'use an even width of at least 4 (the time embedding has ch '
           'features)')
@@ -304,6 +316,11 @@ def _check_distill(config):
           'distill.start_num_steps', d.start_num_steps,
           f'must be distill.end_num_steps={d.end_num_steps} times a power of '
           'two (each round halves the steps)')
+  require(d.loss_weighting is None or
+          d.loss_weighting in diffusion.LOSS_WEIGHTINGS,
+          'distill.loss_weighting', d.loss_weighting,
+          f'use one of {diffusion.LOSS_WEIGHTINGS}, or leave it unset for '
+          'model.loss_weighting')
   require(d.teacher_checkpoint is None or (
       isinstance(d.teacher_checkpoint, str) and d.teacher_checkpoint),
           'distill.teacher_checkpoint', d.teacher_checkpoint,
@@ -411,20 +428,26 @@ _FROZEN_ONCE_STARTED = {
     'teacher': ('train.batch_size', 'train.learning_rate',
                 'train.warmup_steps', 'train.decay_steps', 'train.weight_decay',
                 'train.ema_decay', 'train.grad_clip', 'guidance.label_dropout'),
-    # Its learning rate decays to 0 over guidance.num_steps, as a round's
+    # Its learning rate may decay to 0 over guidance.num_steps, as a round's
     # over its updates, so that is fixed too.
     'guide': ('distill.teacher_checkpoint', 'guidance.w_min', 'guidance.w_max',
               'guidance.num_steps', 'guidance.learning_rate',
-              'guidance.batch_size', 'distill.grad_clip'),
+              'guidance.learning_rate_schedule', 'guidance.batch_size',
+              'guidance.ema_decay', 'guidance.w_warmup_steps',
+              'distill.grad_clip'),
     'distill': ('distill.teacher_checkpoint', 'distill.start_num_steps',
                 'distill.steps_per_round', 'distill.last_rounds_multiplier',
                 'distill.long_rounds_max_steps', 'distill.learning_rate',
-                'distill.batch_size', 'distill.grad_clip'),
+                'distill.batch_size', 'distill.grad_clip',
+                'distill.loss_weighting'),
 }
 _MAY_ALWAYS_CHANGE = ('model.dtype',)
 # Fields added since workdirs were first written, with the value that a
 # config.json without them trained with.
-_BEFORE_THE_FIELD = {'train.decay_steps': 0}
+_BEFORE_THE_FIELD = {'train.decay_steps': 0, 'guidance.ema_decay': 0.,
+                     'guidance.learning_rate_schedule': 'linear',
+                     'guidance.w_warmup_steps': 0,
+                     'distill.loss_weighting': None}
 
 
 def _flat(tree, prefix=''):

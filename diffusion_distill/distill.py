@@ -60,6 +60,11 @@ def _distill_objective(params, batch, rng, teacher_params, num_student_steps,
                              num_student_steps=num_student_steps, **kwargs)
 
 
+def loss_weighting(config):
+  """The rounds' weighting: distill.loss_weighting, else the teacher's."""
+  return config.distill.loss_weighting or config.model.loss_weighting
+
+
 def distill_loss_fn(config, model):
   """Algorithm 2's loss, `(params, batch, rng, teacher_params, n)`; for a
   student that takes w, over config.guidance's range of w."""
@@ -67,7 +72,7 @@ def distill_loss_fn(config, model):
   return functools.partial(
       _distill_objective, model_fn=inference.make_model_fn(model),
       mean_type=config.model.mean_type,
-      weighting=config.model.loss_weighting,
+      weighting=loss_weighting(config),
       logsnr_fn=schedules.get_logsnr_fn(config.schedule),
       w_range=((g.w_min, g.w_max) if model.guidance_embedding else None))
 
@@ -128,6 +133,19 @@ class Rounds:
             label=f'round {index + 1} of {len(self.plan)}'))
 
 
+def build_rounds(config, workdir, teacher) -> Rounds:
+  """The rounds that distill the resolved `teacher`: from its own step
+  count if it has one, its students taking w if it does."""
+  d = config.distill
+  if teacher.num_sample_steps and teacher.num_sample_steps != d.start_num_steps:
+    log.info('teacher was trained for %d sampling steps: distilling from '
+             'there, not from distill.start_num_steps=%d',
+             teacher.num_sample_steps, d.start_num_steps)
+  return Rounds(config, workdir,
+                config_round_plan(config, teacher.num_sample_steps),
+                takes_guidance=teacher.takes_guidance)
+
+
 def distill(config, workdir, teacher=None, step_hook=None):
   """Runs every round; returns the final student's parameters (host arrays).
 
@@ -136,14 +154,7 @@ def distill(config, workdir, teacher=None, step_hook=None):
   """
   teacher = teacher or teacher_lib.resolve(config, workdir, 'distill')
   params = teacher_lib.load(teacher)
-  d = config.distill
-  if teacher.num_sample_steps and teacher.num_sample_steps != d.start_num_steps:
-    log.info('teacher was trained for %d sampling steps: distilling from '
-             'there, not from distill.start_num_steps=%d',
-             teacher.num_sample_steps, d.start_num_steps)
-  rounds = Rounds(config, workdir,
-                  config_round_plan(config, teacher.num_sample_steps),
-                  takes_guidance=teacher.takes_guidance)
+  rounds = build_rounds(config, workdir, teacher)
   for index in range(len(rounds.plan)):
     stage = rounds.stage(index, params)
     stage.step_hook = step_hook

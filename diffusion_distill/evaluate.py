@@ -15,10 +15,12 @@ what is missing.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import logging
 import os
+from typing import Any
 
 from clu import metric_writers
 from etils import epath
@@ -73,27 +75,52 @@ def reference_stats(config, metric, eval_dir):
   return stats
 
 
-def plan_rows(config, workdir, teacher):
-  """[(model, sampler, num_steps, guidance, source)]: what the sweep measures.
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One row of the table to measure: the model, how it is sampled (the
+  arguments of Sampler.sample_batches) and the seed."""
+  model: str
+  sampler: str
+  num_steps: int
+  seed: int
+  guidance: float
+  source: Any  # A resolved teacher.Teacher, or a student's checkpoint dir.
+  num_samples: int  # Drawn by this process.
+  batch_size: int
+  noise_interp: float
 
-  A source is a resolved teacher (teacher.Teacher), or the checkpoint
-  directory of a finished student. Guided runs sample every model at each
-  w of eval.guidance, others at w = 0 only.
+  @property
+  def key(self):
+    """The row's values of COLUMNS: what results.json identifies it by."""
+    return (self.model, self.sampler, self.num_steps, self.seed,
+            self.guidance)
+
+
+def plan_rows(config, teacher, students):
+  """[Row]: what the sweep measures, in order.
+
+  `teacher` is a resolved teacher or None; `students` the finished ones,
+  [(num_sample_steps, checkpoint_dir)]. Guided runs sample every model at
+  each w of eval.guidance, others at w = 0 only; each row once per seed.
   """
   e = config.eval
   ws = ([float(w) for w in e.guidance]
         if dataset_info.has_null_class(config) else [0.])
-  plan = []
+  measured = []
   if teacher is not None:
     for w in ws:
       for method in e.teacher_samplers:
         for n in e.sample_steps:
-          plan.append(('teacher', method, int(n), w, teacher))
-  for n, d in layout.finished_students(workdir):
+          measured.append(('teacher', method, int(n), w, teacher))
+  for n, d in students:
     for w in ws:
       for method in e.student_samplers:
-        plan.append(('student', method, int(n), w, d))
-  return plan
+        measured.append(('student', method, int(n), w, d))
+  per_process = -(-e.num_samples // jax.process_count())
+  return [Row(name, method, n, seed, w, source, per_process, e.batch_size,
+              e.ancestral_noise_interp)
+          for name, method, n, w, source in measured
+          for seed in range(config.seed, config.seed + e.num_seeds)]
 
 
 class _Models:
@@ -129,16 +156,13 @@ def _read_rows(path):
   return rows
 
 
-def _measure_row(config, sampler, metric, reference, key):
-  model_name, method, n, seed, w = key
-  e = config.eval
-  rng = jax.random.fold_in(jax.random.PRNGKey(seed), jax.process_index())
-  per_process = -(-e.num_samples // jax.process_count())
+def _measure_row(sampler, metric, reference, row: Row):
+  rng = jax.random.fold_in(jax.random.PRNGKey(row.seed), jax.process_index())
   stats, class_stats = metrics_lib.measure(metric, sampler.sample_batches(
-      rng, per_process, e.batch_size, num_steps=n, method=method,
-      noise_interp=e.ancestral_noise_interp, guidance=w or None))
-  return {'model': model_name, 'sampler': method, 'num_steps': n,
-          'seed': seed, 'guidance': w, 'num_samples': stats.count,
+      rng, row.num_samples, row.batch_size, num_steps=row.num_steps,
+      method=row.sampler, noise_interp=row.noise_interp,
+      guidance=row.guidance or None))
+  return {**dict(zip(COLUMNS, row.key)), 'num_samples': stats.count,
           **metric.summarize(stats, class_stats, reference)}
 
 
@@ -160,22 +184,21 @@ def evaluate(config, workdir, teacher=None):
   rows = _read_rows(results_path)
   done = {tuple(r[c] for c in COLUMNS) for r in rows}
   loaded = _Models()
-  for model_name, method, n, w, source in plan_rows(config, workdir, teacher):
-    for seed in range(config.seed, config.seed + config.eval.num_seeds):
-      key = (model_name, method, n, seed, w)
-      if key in done:
-        continue
-      if preemption.requested():  # Rows already measured are in results.json.
-        raise preemption.Preempted(
-            f'evaluation stopped on SIGTERM after {len(rows)} rows, saved in '
-            f'{results_path}; run the same command to resume')
-      row = _measure_row(config, loaded.sampler(source), metric, reference,
-                         key)
-      log.info('eval %s', row)
-      rows.append(row)
-      if jax.process_index() == 0:
-        checkpoints.write_atomically(results_path,
-                                     json.dumps(rows, indent=1).encode())
+  for planned in plan_rows(config, teacher,
+                           layout.finished_students(workdir)):
+    if planned.key in done:
+      continue
+    if preemption.requested():  # Rows already measured are in results.json.
+      raise preemption.Preempted(
+          f'evaluation stopped on SIGTERM after {len(rows)} rows, saved in '
+          f'{results_path}; run the same command to resume')
+    row = _measure_row(loaded.sampler(planned.source), metric, reference,
+                       planned)
+    log.info('eval %s', row)
+    rows.append(row)
+    if jax.process_index() == 0:
+      checkpoints.write_atomically(results_path,
+                                   json.dumps(rows, indent=1).encode())
   if jax.process_index() == 0:
     write_outputs(rows, metric.name, eval_dir)
   return rows
@@ -229,34 +252,54 @@ def _axis_label(metric_name):
           'label accuracy', 'inception_score': 'Inception Score'}[metric_name]
 
 
+def _steps_label(model_name, n):
+  return f'{model_name}, {n} step' + ('' if n == 1 else 's')
+
+
+def _mean_std(values):
+  """Mean and sample std (0 for one value) of `values`."""
+  return (float(np.mean(values)),
+          float(np.std(values, ddof=1)) if len(values) > 1 else 0.)
+
+
 def plot_guidance_tradeoff(rows, metric_name):
   """PNG bytes: the metric against label accuracy (digits) or the Inception
   Score, one curve per model (the teacher at its most steps, each student,
-  DDIM), one point per guidance strength w, averaged over seeds."""
+  DDIM), one point per guidance strength w: the mean over seeds, with one
+  std each way as error bars. Each w is written once, by the teacher's
+  point."""
   plt = _pyplot()
   other = 'label_accuracy' if metric_name == 'fd_digits' else 'inception_score'
   ddim = [r for r in rows if r['sampler'] == 'ddim' and other in r]
   teacher_steps = max((r['num_steps'] for r in ddim if r['model'] == 'teacher'),
                       default=None)
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
   curves = sorted({(r['model'], r['num_steps']) for r in ddim
                    if r['model'] == 'student' or
-                   r['num_steps'] == teacher_steps})
+                   r['num_steps'] == teacher_steps},
+                  key=lambda c: (c[0] != 'teacher', -c[1]))
   for model_name, n in curves:
     points = {}
     for r in ddim:
       if (r['model'], r['num_steps']) == (model_name, n):
         points.setdefault(r['guidance'], []).append((r[other], r[metric_name]))
     ws = sorted(points)
-    xs = [float(np.mean([p[0] for p in points[w]])) for w in ws]
-    ys = [float(np.mean([p[1] for p in points[w]])) for w in ws]
-    ax.plot(xs, ys, marker='o', label=f'{model_name}, {n} steps')
-    for w, x, y in zip(ws, xs, ys):
-      ax.annotate(f'w={w:g}', (x, y), fontsize=6)
+    xs = [_mean_std([p[0] for p in points[w]]) for w in ws]
+    ys = [_mean_std([p[1] for p in points[w]]) for w in ws]
+    teacher = model_name == 'teacher'
+    ax.errorbar([x for x, _ in xs], [y for y, _ in ys],
+                xerr=[e for _, e in xs], yerr=[e for _, e in ys],
+                marker='s' if teacher else 'o', markersize=4, capsize=2,
+                linewidth=2 if teacher else 1, color='black' if teacher
+                else None, label=_steps_label(model_name, n))
+    if teacher:
+      for w, (x, _), (y, _) in zip(ws, xs, ys):
+        ax.annotate(f'w = {w:g}', (x, y), xytext=(-8, 6),
+                    textcoords='offset points', ha='right', fontsize=8)
   ax.set_xlabel(_axis_label(other))
   ax.set_ylabel(_axis_label(metric_name))
   ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=8, loc='upper left')
   return _png(fig, plt)
 
 

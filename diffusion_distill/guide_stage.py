@@ -4,9 +4,12 @@ A student that takes the guidance strength w learns, in one network
 evaluation, what the guided teacher computes in two: x_hat_w = (1 + w)
 x_hat(z, c) - w x_hat(z, null), for w ~ U[w_min, w_max] and t ~ U[0, 1]. It
 starts as the teacher (its w-embedding's last layer at zero, so it first
-predicts the teacher's conditional x_hat) and trains like a distillation
-round: fresh Adam, learning rate decayed linearly to 0, no EMA, no dropout.
-Its checkpoints are the teacher of the rounds that follow.
+predicts the teacher's conditional x_hat) and trains with a fresh Adam and
+no dropout; its learning rate decays linearly to 0 or stays constant
+(guidance.learning_rate_schedule), its parameters have an EMA of decay
+guidance.ema_decay (0: none) and its w-embedding may be scaled up from 0
+over guidance.w_warmup_steps. Its EMA parameters are the teacher of the
+rounds that follow.
 """
 
 import functools
@@ -43,18 +46,29 @@ def guidance_loss_fn(config, model, teacher_model):
       mean_type=config.model.mean_type,
       weighting=config.model.loss_weighting,
       logsnr_fn=schedules.get_logsnr_fn(config.schedule),
-      w_range=(g.w_min, g.w_max), null_label=dataset_info.null_label(config))
+      w_range=(g.w_min, g.w_max), null_label=dataset_info.null_label(config),
+      w_warmup_steps=g.w_warmup_steps)
+
+
+# guidance.learning_rate_schedule -> the learning rate over stage 1's updates.
+SCHEDULES = {
+    'linear': lambda g: optax.linear_schedule(g.learning_rate, 0.,
+                                              g.num_steps),
+    'constant': lambda g: optax.constant_schedule(g.learning_rate),
+}
 
 
 def make_guide_step(config, model, teacher_model) -> trainer.Step:
   g = config.guidance
-  learning_rate_fn = optax.linear_schedule(g.learning_rate, 0., g.num_steps)
+  learning_rate_fn = SCHEDULES[g.learning_rate_schedule](g)
   return trainer.make_step(
       guidance_loss_fn(config, model, teacher_model),
       trainer.make_optimizer(learning_rate_fn,
                              grad_clip=config.distill.grad_clip),
-      learning_rate_fn, ema_decay=0., skip_nonfinite=config.train.skip_nonfinite,
-      steps_per_dispatch=config.train.steps_per_dispatch)
+      learning_rate_fn, ema_decay=g.ema_decay,
+      skip_nonfinite=config.train.skip_nonfinite,
+      steps_per_dispatch=config.train.steps_per_dispatch,
+      loss_reads_step=bool(g.w_warmup_steps))
 
 
 def guide_stage(config, workdir, teacher) -> trainer.Stage:

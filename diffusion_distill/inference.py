@@ -22,16 +22,18 @@ from diffusion_distill import schedules
 def make_model_fn(model):
   """Adapts a U-Net module to `model_fn(params, z, logsnr, y, train, rng)`.
 
-  For a net that takes the guidance strength, y is (labels, w).
+  For a net that takes the guidance strength, y is (labels, w), or in
+  training (labels, w, scale of the w-embedding) (UNet's guidance_scale).
   """
 
   def model_fn(params, z, logsnr, y, train, rng):
     rngs = {'dropout': rng} if (train and rng is not None) else None
-    guidance = None
+    guidance = scale = None
     if model.guidance_embedding:
-      y, guidance = y
+      y, guidance, *rest = y
+      scale = rest[0] if rest else None
     return model.apply({'params': params}, z, logsnr, y, train=train,
-                       rngs=rngs, guidance=guidance)
+                       rngs=rngs, guidance=guidance, guidance_scale=scale)
 
   return model_fn
 

@@ -7,6 +7,7 @@ resumed at step k therefore sees exactly the batches a run from step 0 sees at
 step k, whatever tf.data's threading does.
 """
 
+import dataclasses
 from typing import Iterator, Optional
 
 import jax
@@ -177,10 +178,22 @@ def create_train_iterator(
   return _finite_batches(batches, config.dataset.name, start_step)
 
 
-def iterator_factory(config, batch_size, seed):
+@dataclasses.dataclass(frozen=True)
+class StageData:
+  """A stage's data: called with a start step, its iterator of batches
+  (create_train_iterator with this config, global batch size and seed)."""
+  config: ml_collections.ConfigDict
+  batch_size: int
+  seed: int
+
+  def __call__(self, start_step):
+    return create_train_iterator(self.config, batch_size=self.batch_size,
+                                 start_step=start_step, seed=self.seed)
+
+
+def iterator_factory(config, batch_size, seed) -> StageData:
   """start_step -> create_train_iterator(config, ...): a stage's data."""
-  return lambda start_step: create_train_iterator(
-      config, batch_size=batch_size, start_step=start_step, seed=seed)
+  return StageData(config, batch_size, seed)
 
 
 def _check_batch(batch_size, process_count, local_device_count, start_step):

@@ -79,12 +79,14 @@ def guided_target(teacher_x_hat_fn, z, logsnr, labels, null_labels, w):
 
 def guidance_loss(params, teacher_params, batch, rng, *, model_fn,
                   teacher_model_fn, mean_type, weighting, logsnr_fn,
-                  w_range, null_label):
+                  w_range, null_label, w_warmup_steps=0, step=None):
   """Stage 1: a student that takes w learns the guided teacher's x_hat_w.
 
   t ~ U[0, 1] (the teacher's continuous time) and w ~ U[w_min, w_max] per
   example; the student is evaluated once, the teacher (eval mode, gradients
-  stopped) twice. The loss has the teacher's weighting.
+  stopped) twice. With `w_warmup_steps`, the student's w-embedding is
+  scaled by min(step / w_warmup_steps, 1), `step` counting the updates
+  before this one.
   """
   x = batch['image']
   y = batch['label']
@@ -101,7 +103,11 @@ def guidance_loss(params, teacher_params, batch, rng, *, model_fn,
 
   target = jax.lax.stop_gradient(guided_target(
       teacher_x_hat, z, logsnr, y, jnp.full_like(y, null_label), w))
-  out = model_fn(params, z, logsnr, (y, w), True, rng_model)
+  student_y = (y, w)
+  if w_warmup_steps:
+    student_y += (jnp.minimum(
+        jnp.asarray(step, jnp.float32) / w_warmup_steps, 1.),)
+  out = model_fn(params, z, logsnr, student_y, True, rng_model)
   x_hat = diffusion.predict(out, z, logsnr, mean_type).x_hat
   per_example = diffusion.loss_weight(logsnr, weighting) * diffusion.mean_flat(
       jnp.square(target - x_hat))

@@ -171,10 +171,27 @@ def _resolve_teachers(config, workdir):
   return out
 
 
+def _check_teacher_to_resume(config, workdir):
+  """A guided teacher of the workdir whose checkpoints never trained its
+  null class is neither resumed nor used: it is retrained."""
+  if 'teacher' not in config.stages or not dataset_info.has_null_class(
+      config):
+    return
+  directory = layout.stage_checkpoint_dir(layout.teacher_dir(workdir))
+  if directory is None:
+    return
+  meta = checkpoints.Checkpointer(directory, read_only=True).restore_meta()
+  if dataset_info.null_class_untrained(layout.config_from_meta(meta)):
+    raise checkpoints.CheckpointError(
+        f'the guided teacher in {directory} cannot be resumed or guided: '
+        + dataset_info.UNTRAINED_NULL_CLASS)
+
+
 def check_sources(config, workdir):
   """The teachers and the models to evaluate: there, readable, of config's
   kind; returns {stage: teacher} (see Plan)."""
   stages = tuple(config.stages)
+  _check_teacher_to_resume(config, workdir)
   teachers = _resolve_teachers(config, workdir)
   d = config.distill
   teacher = teachers.get('distill')

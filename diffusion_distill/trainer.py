@@ -71,13 +71,17 @@ def teacher_schedule(learning_rate, warmup_steps, decay_steps=0):
 
 
 def train_step(state: TrainState, batch, *extra, loss_fn, optimizer,
-               ema_decay, skip_nonfinite):
+               ema_decay, skip_nonfinite, loss_reads_step=False):
   """One update on this device's part of the batch; call it under pmap.
 
-  `loss_fn(params, batch, rng, *extra) -> (loss, per_example_loss)`.
+  `loss_fn(params, batch, rng, *extra) -> (loss, per_example_loss)`; with
+  `loss_reads_step` it also takes `step=`, the number of updates before this
+  one (for a loss that changes over training, such as stage 1's w warm-up).
   """
   rng = jax.random.fold_in(
       jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
+  if loss_reads_step:
+    loss_fn = functools.partial(loss_fn, step=state.step)
   (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch, rng, *extra)
   grads = jax.lax.pmean(grads, AXIS)
@@ -164,18 +168,21 @@ class Step:
 
 
 def make_step(loss_fn, optimizer, learning_rate_fn, *, ema_decay,
-              skip_nonfinite=True, steps_per_dispatch=1, devices=None):
+              skip_nonfinite=True, steps_per_dispatch=1, devices=None,
+              loss_reads_step=False):
   """The pmapped train step: build it once and share it between stages.
 
   Stages that share a Step (distillation rounds of the same length) share
-  its compiled program. `devices` defaults to all local devices. With
+  its compiled program. `devices` defaults to all local devices;
+  `loss_reads_step` as in train_step. With
   `steps_per_dispatch` k > 1, one call runs k steps, a `lax.scan` over k
   batches (for accelerators, where a call's fixed cost is large next to a
   small step; see `scan_unroll` for CPU).
   """
   single = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                              ema_decay=ema_decay,
-                             skip_nonfinite=skip_nonfinite)
+                             skip_nonfinite=skip_nonfinite,
+                             loss_reads_step=loss_reads_step)
   if steps_per_dispatch == 1:
     fn = jax.pmap(single, axis_name=AXIS, donate_argnums=(0,),
                   devices=devices)

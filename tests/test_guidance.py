@@ -17,8 +17,9 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion_distill import checkpoints, config_checks, diffusion, layout
-from diffusion_distill import losses, models, samplers, schedules
+from diffusion_distill import checkpoints, config_checks, diffusion, inference
+from diffusion_distill import guide_stage, layout
+from diffusion_distill import losses, models, preflight, samplers, schedules
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill.train_state import TrainState
 from tests import gaussian, tiny
@@ -272,15 +273,85 @@ def test_teacher_without_label_dropout_cannot_be_guided(digits_dir, tmp_path):
   assert '--config.guidance.label_dropout' in message
 
 
-def _save_model(config, directory, stage):
+def _save_model(config, directory, stage, before_the_fix=False):
+  """A checkpoint of `stage`; `before_the_fix`: its meta as written before
+  the teacher's loss received the label dropout (no null_class_trained)."""
   ckpt = checkpoints.Checkpointer(layout.checkpoint_dir(directory))
   model = models.create_model(config)
   params = models.init_params(model, config, jax.random.PRNGKey(0))
+  meta = layout.model_meta(config, stage=stage, num_sample_steps=None,
+                           stage_num_steps=2)
+  if before_the_fix:
+    del meta['guidance']['null_class_trained']
   ckpt.save(2, TrainState.create(params, optax.sgd(1.),
-                                 jax.random.PRNGKey(0)),
-            layout.model_meta(config, stage=stage, num_sample_steps=None,
-                              stage_num_steps=2))
+                                 jax.random.PRNGKey(0)), meta)
   ckpt.close()
+
+
+def _one_line_about_the_null_class(error):
+  message = str(error.value)
+  assert '\n' not in message
+  assert 'null class never learned the unconditional prediction' in message
+  assert 'retrain the teacher' in message
+
+
+def test_teacher_from_before_the_fix_is_not_guided(digits_dir, tmp_path):
+  """A guided teacher whose checkpoint predates label dropout in its loss:
+  no guide stage, no resumed teacher, no guided evaluation or sampling;
+  unguided evaluation and sampling work."""
+  config = tiny.tiny_config(digits_dir, **{
+      'dataset.class_conditional': True, 'guidance.label_dropout': 0.1})
+  workdir = str(tmp_path / 'old')
+  _save_model(config, layout.teacher_dir(workdir), 'teacher',
+              before_the_fix=True)
+  for stages in (('guide',), ('teacher', 'guide', 'distill', 'eval')):
+    config.stages = stages
+    with pytest.raises(checkpoints.CheckpointError) as e:
+      preflight.check(config, workdir)
+    _one_line_about_the_null_class(e)
+  config.stages = ('eval',)
+  config.eval.guidance = (0.0, 1.0)
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    preflight.check(config, workdir)
+  _one_line_about_the_null_class(e)
+  config.eval.guidance = (0.0,)
+  assert preflight.check(config, workdir).teachers['eval'] is not None
+
+  sampler = layout.load_sampler(workdir)
+  rng = jax.random.PRNGKey(0)
+  with pytest.raises(ValueError) as e:
+    sampler.sample(rng, 2, num_steps=2, guidance=1.)
+  _one_line_about_the_null_class(e)
+  assert sampler.sample(rng, 2, num_steps=2).shape == (2, 8, 8, 1)
+  out = tmp_path / 'out'
+  result = subprocess.run(
+      [sys.executable, 'sample.py', f'--workdir={workdir}', '--num_samples=2',
+       '--num_steps=2', '--guidance=1', f'--output_dir={out}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: --guidance=1.0:') and 'retrain the teacher' in last
+  assert 'Traceback' not in result.stderr and not out.exists()
+
+
+def test_guided_student_from_before_the_fix_is_not_distilled(digits_dir,
+                                                             tmp_path):
+  config = tiny.tiny_config(digits_dir, **{
+      'dataset.class_conditional': True, 'guidance.label_dropout': 0.1})
+  workdir = str(tmp_path / 'old')
+  _save_model(models.student_config(config, takes_guidance=True),
+              layout.guide_dir(workdir), 'guide', before_the_fix=True)
+  config.stages = ('distill',)
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    teacher_lib.resolve(config, workdir, 'distill')
+  _one_line_about_the_null_class(e)
+  # Its w = 0, the teacher's conditional prediction, is still usable.
+  student = layout.make_sampler(*layout.load_model(
+      layout.checkpoint_dir(layout.guide_dir(workdir)))[:3], num_steps=2)
+  assert student.sample(jax.random.PRNGKey(0), 2).shape == (2, 8, 8, 1)
+  with pytest.raises(ValueError) as e:
+    student.sample(jax.random.PRNGKey(0), 2, guidance=0.5)
+  _one_line_about_the_null_class(e)
 
 
 def test_guided_rounds_distill_this_runs_guide_stage(digits_dir, tmp_path):
@@ -406,3 +477,52 @@ def test_guided_pipeline_resumes_bitwise_in_each_stage(digits_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(os.listdir(out)) == ['000000.png', '000001.png', '000002.png',
                                      'grid.png']
+
+
+def test_w_warmup_scales_the_w_embedding_over_stage_1(guided_models, data):
+  """guidance.w_warmup_steps: the student's w-embedding is scaled by
+  min(step / W, 1) in stage 1's loss; a scale of 0 makes the net ignore w,
+  1 is the net as sampled."""
+  means, covs, _, exact, labels, _, _ = data
+  x = jax.random.multivariate_normal(jax.random.PRNGKey(8), means[labels],
+                                     covs[labels])
+  seen = []
+
+  def spy(params, z, logsnr, y, train, rng):
+    seen.append(y[2:])
+    return exact(z, logsnr, y[0])
+
+  kwargs = dict(model_fn=spy, teacher_model_fn=lambda p, z, l, y, t, r: exact(
+      z, l, y), mean_type='x', weighting='snr_trunc', logsnr_fn=_logsnr_fn,
+                w_range=(0., 4.), null_label=3)
+  batch = {'image': x, 'label': labels}
+  for step in (0, 25, 100, 400):
+    losses.guidance_loss({}, {}, batch, jax.random.PRNGKey(1),
+                         w_warmup_steps=100, step=jnp.int32(step), **kwargs)
+  losses.guidance_loss({}, {}, batch, jax.random.PRNGKey(1), **kwargs)
+  assert [float(s[0]) for s in seen[:4]] == [0., 0.25, 1., 1.]
+  assert seen[4] == ()  # No warm-up: the net as it samples.
+
+  config, _, student = guided_models
+  fn = inference.make_model_fn(student.model)
+  z = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 1))
+  logsnr, y = jnp.zeros((3,)), jnp.arange(3)
+  at = lambda w, *scale: fn(student.params, z, logsnr,
+                            (y, jnp.full((3,), w), *scale), False, None)
+  np.testing.assert_array_equal(at(0., 0.), at(3., 0.))
+  np.testing.assert_array_equal(at(3., 1.), at(3.))
+  assert not np.allclose(at(3., 0.5), at(3.))
+  del config
+
+
+def test_stage1_schedules_are_the_checked_choices():
+  assert tuple(guide_stage.SCHEDULES) == config_checks._CHOICES[  # pylint: disable=protected-access
+      'guidance.learning_rate_schedule']
+  g = tiny.tiny_config(None).guidance
+  g.num_steps, g.learning_rate = 10, 1e-3
+  linear, constant = (guide_stage.SCHEDULES[k](g) for k in ('linear',
+                                                           'constant'))
+  np.testing.assert_allclose([linear(s) for s in (0, 5, 10)],
+                             [1e-3, 5e-4, 0.], rtol=1e-6)
+  np.testing.assert_allclose([constant(s) for s in (0, 5, 10)], [1e-3] * 3,
+                             rtol=1e-6)

@@ -328,6 +328,30 @@ def test_a_workdir_from_before_decay_steps_resumes_only_without_decay(
       ('train.decay_steps', 0, 10)]
 
 
+def test_a_workdir_from_before_the_stage1_and_rounds_fields_resumes(
+    digits_dir):
+  """A config.json written before guidance.learning_rate_schedule,
+  ema_decay, w_warmup_steps and distill.loss_weighting existed trained with
+  their defaults: those resume, others are refused once the stage started."""
+  config = _config(digits_dir)
+  saved = json.loads(config.to_json_best_effort())
+  for section, field in (('guidance', 'learning_rate_schedule'),
+                         ('guidance', 'ema_decay'),
+                         ('guidance', 'w_warmup_steps'),
+                         ('distill', 'loss_weighting')):
+    del saved[section][field]
+  started = {'teacher', 'guide', 'distill'}
+  assert config_checks.resume_changes(saved, config, 'wd', started) == []
+  for field, value in (('guidance.learning_rate_schedule', 'constant'),
+                       ('guidance.ema_decay', 0.5),
+                       ('guidance.w_warmup_steps', 10),
+                       ('distill.loss_weighting', 'snr')):
+    changed = _config(digits_dir, **{field: value})
+    with pytest.raises(config_checks.ConfigError) as e:
+      config_checks.resume_changes(saved, changed, 'wd', started)
+    assert f'config.{field} (' in str(e.value) and '\n' not in str(e.value)
+
+
 def test_workdir_under_a_file_is_a_config_error(digits_dir, tmp_path):
   a_file = tmp_path / 'notes.txt'
   a_file.write_text('not a directory')

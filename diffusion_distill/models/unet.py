@@ -185,7 +185,8 @@ class UNet(nn.Module):
   (`guidance=`): a sinusoidal embedding of w, through two dense layers, is
   added to the time embedding (docs/method.md, section 7). The last layer
   starts at zero, so a net initialised from a teacher first computes the
-  teacher's conditional prediction.
+  teacher's conditional prediction. `guidance_scale`, given in training
+  only, multiplies that embedding (stage 1's w warm-up).
   Parameters are float32; dtype is the compute dtype; the output is float32.
   """
   ch: int
@@ -204,7 +205,8 @@ class UNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, logsnr, y, *, train: bool, guidance=None):
+  def __call__(self, x, logsnr, y, *, train: bool, guidance=None,
+               guidance_scale=None):
     batch = x.shape[0]
     logsnr = jnp.asarray(logsnr, jnp.float32)
     if logsnr.ndim == 0:  # One noise level for the whole batch, as samplers use.
@@ -228,7 +230,10 @@ class UNet(nn.Module):
       emb = emb + nn.Dense(self.emb_ch, dtype=self.dtype, name='class_emb')(
           jax.nn.one_hot(y, self.num_classes, dtype=self.dtype))
     if self.guidance_embedding:
-      emb = emb + self._guidance_emb(guidance, batch)
+      w_emb = self._guidance_emb(guidance, batch)
+      if guidance_scale is not None:
+        w_emb = w_emb * jnp.asarray(guidance_scale, w_emb.dtype)
+      emb = emb + w_emb
 
     def resnet(h, out_ch, name, resample=None):
       return ResnetBlock(out_ch, self.dropout, resample, dtype=self.dtype,

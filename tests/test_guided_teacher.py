@@ -59,7 +59,7 @@ def _train_teacher(data_dir, workdir, applies_dropout):
   t.batch_size, t.num_steps, t.learning_rate = 64, 800, 5e-3
   t.warmup_steps, t.decay_steps, t.ema_decay = 50, 800, 0.99
   t.log_every_steps, t.checkpoint_every_steps, t.sample_every_steps = (
-      400, 800, 0)
+      100, 800, 0)
   stage = teacher_stage.teacher_stage(config, workdir)
   stage = dataclasses.replace(
       stage, make_iterator=lambda start: _batches(_class_means(), 64, start))

@@ -17,13 +17,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def commit() -> str:
-  """HEAD of the repository, with '+changes' when the tree differs from it."""
+  """HEAD of the repository, with '+changes' when the code differs from it
+  (result files under benchmarks/results/ do not count)."""
   def git(*args):
     return subprocess.run(['git', *args], cwd=REPO, capture_output=True,
                           text=True, check=True, timeout=30).stdout.strip()
   try:
     head = git('rev-parse', 'HEAD')
-    dirty = git('status', '--porcelain', '--untracked-files=no')
+    dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.',
+                ':!benchmarks/results')
   except (OSError, subprocess.SubprocessError):
     return 'unknown'
   return head + ('+changes' if dirty else '')

@@ -89,11 +89,11 @@ def has_null_class(config) -> bool:
 # Why a guided checkpoint written before label dropout reached the teacher's
 # loss cannot be guided: its null class kept its random initial embedding.
 UNTRAINED_NULL_CLASS = (
-    'its teacher was trained before guidance.label_dropout reached the '
-    "teacher's loss, so its null class never learned the unconditional "
-    'prediction and guided samples would be wrong: retrain the teacher (a '
-    'new --workdir), then its \'guide\' and \'distill\' stages; unguided '
-    'use (no guidance, w = 0) still works')
+    'it comes from a guided teacher trained before guidance.label_dropout '
+    "reached the teacher's loss, so the null class never learned the "
+    'unconditional prediction and guided samples would be wrong: retrain the '
+    "teacher in a new --workdir, then its 'guide' and 'distill' stages; "
+    'unguided use (no guidance, w = 0) still works')
 
 
 def null_class_untrained(config) -> bool:

@@ -100,16 +100,18 @@ def config_flag_error(error, argv):
           f'{_one_line(text)}; fix the config file')
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values=FLAGS):
   """absl's flag parsing, with a config or flag mistake as one line (exit 2).
 
   Reads --config (which runs the config file) here, so that a broken config
-  file is reported before anything else happens.
+  file is reported before anything else happens. `flag_values`: the
+  FlagValues that hold the flags (absl's global ones for main.py and
+  sample.py).
   """
   try:
-    rest = FLAGS(argv)
-    if 'config' in FLAGS and FLAGS['config'].present:
-      FLAGS.config.keys()  # Loads the file; a failure shows here.
+    rest = flag_values(argv)
+    if 'config' in flag_values and flag_values['config'].present:
+      flag_values.config.keys()  # Loads the file; a failure shows here.
   except flags.Error as e:
     if 'config' in str(e) or isinstance(e, flags.IllegalFlagValueError):
       exit_with(config_flag_error(e, argv), 2)

@@ -48,64 +48,100 @@ def _non_negative(v):
   return _is_number(v) and v >= 0
 
 
+# Step counts, batch sizes and other counts are int32 where they meet JAX
+# (TrainState.step, the samplers' step count).
+INT32_MAX = 2**31 - 1
+# Beyond these the cosine schedule's exp(-logsnr / 2), in float32, leaves
+# the normal range (it overflows at -177 and underflows at 104).
+LOGSNR_LIMIT = 100.
+# One 3x3 convolution this wide holds 9 x 16384**2 = 2.4e9 parameters.
+MAX_WIDTH = 2**14
+# Each block adds two 3x3 convolutions at every level (the paper uses 3).
+MAX_RES_BLOCKS = 100
+# tf.data holds that many batches in host memory ahead of the step.
+MAX_PREFETCH = 1000
+
+
+def _count(low):
+  """An integer in [low, INT32_MAX]."""
+  return lambda v: _is_int(v) and low <= v <= INT32_MAX
+
+
+def _rate(v):
+  """A learning rate: Adam moves each parameter by about this much per
+  update, so above 1 it jumps further than a parameter's scale."""
+  return _is_number(v) and 0 < v <= 1
+
+
+_COUNT = f'must be a positive integer up to {INT32_MAX} (int32)'
+_COUNT_OR_0 = f'must be 0 or a positive integer up to {INT32_MAX} (int32)'
+
 # field -> (test, fix). Fields with a choice of names are in _CHOICES, fields
 # that depend on each other in the _check_* functions below.
 _RANGES = {
     'seed': (lambda v: _is_int(v) and 0 <= v < 2**31,
              'use an integer in [0, 2**31)'),
-    'dataset.shuffle_buffer': (_positive, 'must be positive'),
-    'dataset.prefetch': (_positive, 'must be positive'),
-    'model.emb_ch': (_positive, 'must be positive'),
-    'model.num_res_blocks': (_positive, 'must be positive'),
+    'dataset.shuffle_buffer': (_count(1), _COUNT),
+    'dataset.prefetch': (lambda v: _is_int(v) and 1 <= v <= MAX_PREFETCH,
+                         f'use 1 to {MAX_PREFETCH} batches (each is held in '
+                         'host memory; a few suffice)'),
+    'model.emb_ch': (lambda v: _is_int(v) and 1 <= v <= MAX_WIDTH,
+                     f'use a positive width up to {MAX_WIDTH}'),
+    'model.num_res_blocks': (lambda v: _is_int(v) and
+                             1 <= v <= MAX_RES_BLOCKS,
+                             f'use 1 to {MAX_RES_BLOCKS} blocks per level '
+                             '(the paper uses 3)'),
     'model.dropout': (lambda v: _is_number(v) and 0 <= v < 1,
                       'use a value in [0, 1)'),
-    'train.batch_size': (_positive, 'must be positive'),
-    'train.num_steps': (_positive, 'must be positive'),
-    'train.learning_rate': (_positive, 'must be positive'),
-    'train.warmup_steps': (_non_negative, 'must be 0 (no warm-up) or positive'),
-    'train.decay_steps': (lambda v: _is_int(v) and v >= 0,
-                          'must be 0 (no decay) or a positive integer'),
-    'train.weight_decay': (_non_negative, 'must be 0 or positive'),
+    'train.batch_size': (_count(1), _COUNT),
+    'train.num_steps': (_count(1), _COUNT),
+    'train.learning_rate': (_rate, 'use a value in (0, 1] (Adam moves each '
+                            'parameter by about this much per update)'),
+    'train.warmup_steps': (_count(0), _COUNT_OR_0),
+    'train.decay_steps': (_count(0), _COUNT_OR_0),
+    'train.weight_decay': (lambda v: _is_number(v) and 0 <= v <= 1,
+                           'use a value in [0, 1] (each update multiplies a '
+                           'parameter by 1 - learning_rate x weight_decay)'),
     'train.ema_decay': (lambda v: _is_number(v) and 0 <= v < 1,
                         'use a value in [0, 1)'),
     'train.grad_clip': (_non_negative, 'must be 0 (no clipping) or positive'),
-    'train.max_nonfinite_in_a_row': (_non_negative,
-                                     'must be 0 (never stop) or positive'),
-    'train.log_every_steps': (_positive, 'must be positive'),
+    'train.max_nonfinite_in_a_row': (_count(0), _COUNT_OR_0 +
+                                     ' (0: never stop)'),
+    'train.log_every_steps': (_count(1), _COUNT),
     'train.checkpoint_every_steps': (
-        _positive, 'must be positive (the last step is always saved too)'),
-    'train.sample_every_steps': (_non_negative,
-                                 'must be 0 (no sample grids) or positive'),
-    'train.num_grid_samples': (_positive, 'must be positive'),
-    'train.grid_sample_steps': (_positive, 'must be positive'),
-    'distill.start_num_steps': (_positive, 'must be positive'),
-    'distill.end_num_steps': (_positive, 'must be positive'),
-    'distill.steps_per_round': (_positive, 'must be positive'),
-    'distill.last_rounds_multiplier': (_positive, 'must be positive'),
-    'distill.long_rounds_max_steps': (_positive, 'must be positive'),
-    'distill.learning_rate': (_positive, 'must be positive'),
-    'distill.batch_size': (_positive, 'must be positive'),
+        _count(1), _COUNT + ' (the last step is always saved too)'),
+    'train.sample_every_steps': (_count(0), _COUNT_OR_0 +
+                                 ' (0: no sample grids)'),
+    'train.num_grid_samples': (_count(1), _COUNT),
+    'train.grid_sample_steps': (_count(1), _COUNT),
+    'distill.start_num_steps': (_count(1), _COUNT),
+    'distill.end_num_steps': (_count(1), _COUNT),
+    'distill.steps_per_round': (_count(1), _COUNT),
+    'distill.last_rounds_multiplier': (_count(1), _COUNT),
+    'distill.long_rounds_max_steps': (_count(1), _COUNT),
+    'distill.learning_rate': (_rate, 'use a value in (0, 1] (Adam moves each '
+                              'parameter by about this much per update)'),
+    'distill.batch_size': (_count(1), _COUNT),
     'distill.grad_clip': (_non_negative, 'must be 0 (no clipping) or positive'),
-    'eval.num_samples': (lambda v: _is_int(v) and v >= 2,
-                         'a Frechet distance needs at least 2 samples'),
-    'eval.batch_size': (_positive, 'must be positive'),
-    'eval.num_reference': (lambda v: _is_int(v) and v >= 2,
-                           'reference statistics need at least 2 images'),
+    'eval.num_samples': (_count(2), f'use 2 (a Frechet distance needs at '
+                         f'least 2 samples) to {INT32_MAX} (int32)'),
+    'eval.batch_size': (_count(1), _COUNT),
+    'eval.num_reference': (_count(2), f'use 2 (reference statistics need at '
+                           f'least 2 images) to {INT32_MAX} (int32)'),
     'eval.ancestral_noise_interp': (lambda v: _is_number(v) and 0 <= v <= 1,
                                     'use a value in [0, 1]'),
-    'eval.num_seeds': (_positive, 'must be positive'),
+    'eval.num_seeds': (_count(1), _COUNT),
     'guidance.label_dropout': (lambda v: _is_number(v) and 0 <= v < 1,
                                'use a value in [0, 1) (0: no guidance)'),
     'guidance.w_min': (_non_negative, 'must be 0 or positive'),
     'guidance.w_max': (_non_negative, 'must be 0 or positive'),
-    'guidance.num_steps': (_positive, 'must be positive'),
-    'guidance.learning_rate': (_positive, 'must be positive'),
-    'guidance.batch_size': (_positive, 'must be positive'),
+    'guidance.num_steps': (_count(1), _COUNT),
+    'guidance.learning_rate': (_rate, 'use a value in (0, 1] (Adam moves each '
+                               'parameter by about this much per update)'),
+    'guidance.batch_size': (_count(1), _COUNT),
     'guidance.ema_decay': (lambda v: _is_number(v) and 0 <= v < 1,
                            'use a value in [0, 1) (0: no EMA)'),
-    'guidance.w_warmup_steps': (lambda v: _is_int(v) and v >= 0,
-                                'must be 0 (no warm-up) or a positive '
-                                'integer'),
+    'guidance.w_warmup_steps': (_count(0), _COUNT_OR_0 + ' (0: no warm-up)'),
 }
 
 _CHOICES = {
@@ -251,6 +287,13 @@ def _check_model(config):
   mult = tuple(m.ch_mult)
   require(mult and all(_is_int(k) and k > 0 for k in mult), 'model.ch_mult',
           mult, 'give one positive integer per resolution level, e.g. (1, 2)')
+  widest = m.ch * max(mult)
+  field, value = (('model.ch', m.ch) if m.ch > MAX_WIDTH else
+                  ('model.ch_mult', mult))
+  require(widest <= MAX_WIDTH, field, value,
+          f'the widest level would have model.ch x {max(mult)} = {widest} '
+          f'channels: use widths up to {MAX_WIDTH} (one 3x3 convolution that '
+          'wide holds 2.4e9 parameters)')
   levels = len(mult)
   require(info.image_size % 2**(levels - 1) == 0, 'model.ch_mult', mult,
           f'{levels} levels halve {info.image_size}x{info.image_size} '
@@ -289,8 +332,11 @@ def _check_attention(m, info, mult):
 def _check_schedule(config):
   s = config.schedule
   for field in ('logsnr_min', 'logsnr_max'):
-    require(_is_number(s[field]), f'schedule.{field}', s[field],
-            'must be a finite number')
+    require(_is_number(s[field]) and abs(s[field]) <= LOGSNR_LIMIT,
+            f'schedule.{field}', s[field],
+            f'use a number in [-{LOGSNR_LIMIT:g}, {LOGSNR_LIMIT:g}] (the '
+            'cosine schedule computes exp(-logsnr / 2) in float32; the paper '
+            'uses -20 and 20)')
   require(s.logsnr_min < s.logsnr_max, 'schedule.logsnr_min', s.logsnr_min,
           f'must be below schedule.logsnr_max={s.logsnr_max} (the paper uses '
           '-20 and 20)')
@@ -307,11 +353,10 @@ def halves_to(start, end):
 
 def _check_distill(config):
   d = config.distill
-  for field in ('start_num_steps', 'end_num_steps', 'steps_per_round',
-                'last_rounds_multiplier', 'long_rounds_max_steps',
-                'batch_size'):
-    require(_is_int(d[field]), f'distill.{field}', d[field],
-            'must be an integer')
+  require(d.steps_per_round * d.last_rounds_multiplier <= INT32_MAX,
+          'distill.last_rounds_multiplier', d.last_rounds_multiplier,
+          f'the last rounds would run distill.steps_per_round='
+          f'{d.steps_per_round} times it, over {INT32_MAX} updates (int32)')
   require(halves_to(d.start_num_steps, d.end_num_steps),
           'distill.start_num_steps', d.start_num_steps,
           f'must be distill.end_num_steps={d.end_num_steps} times a power of '
@@ -335,8 +380,9 @@ def _check_distill(config):
 def _check_eval(config):
   e = config.eval
   steps = tuple(e.sample_steps)
-  require(steps and all(_is_int(n) and n > 0 for n in steps),
-          'eval.sample_steps', steps, 'give positive step counts, e.g. (1, 4)')
+  require(steps and all(_is_int(n) and 0 < n <= INT32_MAX for n in steps),
+          'eval.sample_steps', steps,
+          f'give positive step counts up to {INT32_MAX} (int32), e.g. (1, 4)')
   for field in ('teacher_samplers', 'student_samplers'):
     names = tuple(e[field])
     require(names and all(s in samplers.SAMPLERS for s in names),

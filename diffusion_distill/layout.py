@@ -18,6 +18,7 @@ that build it.
 
 import json
 import os
+import tempfile
 
 from etils import epath
 import ml_collections
@@ -66,6 +67,28 @@ def generated_dir(workdir, method, num_steps, guidance=None):
   suffix = f'_w{guidance:g}' if guidance else ''
   return os.path.join(workdir, 'generated',
                       f'{method}_{num_steps}steps{suffix}')
+
+
+def unwritable(directory):
+  """Why `directory` cannot be created and written here, or None.
+
+  Creates nothing that stays (what os.access cannot tell, read-only mounts,
+  ACLs, root squash, is tried with a temporary file in the nearest existing
+  parent). Remote paths (gs://...) are left to the first write.
+  """
+  if '://' in directory:
+    return None
+  existing = os.path.abspath(directory)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return f'{existing} is not a directory'
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    return f'{existing} is not writable ({e.strerror or e})'
+  return None
 
 
 def saved_config(workdir):

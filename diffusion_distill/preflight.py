@@ -14,8 +14,6 @@ missing (CheckpointError, DataNotFoundError, FileNotFoundError).
 
 import dataclasses
 import logging
-import os
-import tempfile
 from typing import Any, Optional
 
 import jax
@@ -83,25 +81,12 @@ def check_workdir(workdir):
   """Raises ConfigError unless `workdir` is or can become a writable dir.
 
   Creates nothing that stays: the workdir itself is made later, once every
-  other check has passed. Remote paths (gs://...) are left to the first write.
+  other check has passed (layout.unwritable).
   """
-  if '://' in workdir:
-    return
-  path = os.path.abspath(workdir)
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ConfigError(f'--workdir={workdir} cannot be used: {existing} is not '
-                      'a directory; choose another --workdir')
-  try:
-    # What os.access cannot tell: read-only mounts, ACLs, root squash.
-    with tempfile.TemporaryFile(dir=existing):
-      pass
-  except OSError as e:
-    raise ConfigError(f'--workdir={workdir} cannot be used: {existing} is not '
-                      f'writable ({e.strerror or e}); choose another '
-                      '--workdir') from None
+  reason = layout.unwritable(workdir)
+  if reason:
+    raise ConfigError(f'--workdir={workdir} cannot be used: {reason}; '
+                      'choose another --workdir')
 
 
 def check_resume(config, workdir):

@@ -38,6 +38,13 @@ flags.DEFINE_bool('check_local', False,
                   'work can check (devices, workdir, weights, data, '
                   'checkpoints): what the launchers run before they create '
                   'anything. Joins no other process.')
+flags.DEFINE_integer('device_count', None,
+                     'With --check_local: check that the batches divide over '
+                     'this many devices, those of the accelerator the run '
+                     'will have (the launchers pass it).')
+flags.DEFINE_integer('local_device_count', None,
+                     'With --device_count: the devices of one host, which '
+                     'the evaluation batch must divide over.')
 flags.DEFINE_bool('allow_cpu', False,
                   'Run a config whose data set is not digits on a JAX without '
                   'TPU or GPU (e.g. tests on mock data).')
@@ -99,10 +106,23 @@ def _check_known_fields(config):
     cli.exit_with(e, 2)
 
 
+def _check_device_counts():
+  for name in ('device_count', 'local_device_count'):
+    n = FLAGS[name].value
+    if n is not None and n < 1:
+      cli.exit_with(f'--{name}={n} is invalid: must be at least 1', 2)
+  if FLAGS.device_count is not None and not FLAGS.check_local:
+    cli.exit_with('--device_count is for --check_local (the launchers\' '
+                  'check): a run counts its own devices', 2)
+  if FLAGS.local_device_count is not None and FLAGS.device_count is None:
+    cli.exit_with('--local_device_count needs --device_count', 2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.configure_logging()
+  _check_device_counts()
   config, workdir = FLAGS.config, FLAGS.workdir
   _check_known_fields(config)
   # Imported after configure_logging, which must precede TensorFlow's import.
@@ -124,6 +144,9 @@ def main(argv):
     if not FLAGS.check_local:
       preflight.check_backend(config, FLAGS.allow_cpu)
     plan = preflight.check(config, workdir, target=not FLAGS.check_local)
+    if FLAGS.device_count is not None:
+      config_checks.check_batch_divides(config, FLAGS.device_count,
+                                        FLAGS.local_device_count)
     if check_only:
       print(preflight.describe(config, workdir, plan))
       return

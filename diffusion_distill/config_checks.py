@@ -425,8 +425,9 @@ def _check_guidance(config):
             '(config.guidance.w_min, w_max): use w in that range')
 
 
-def check_batch_divides(config, num_devices, num_local_devices):
-  """The batches of the stages that run must divide over the devices."""
+def check_batch_divides(config, num_devices, num_local_devices=None):
+  """The batches of the stages that run must divide over the devices (the
+  evaluation's over the local ones, unless `num_local_devices` is None)."""
   stages = tuple(config.stages)
   for section, stage in (('train', 'teacher'), ('guidance', 'guide'),
                          ('distill', 'distill')):
@@ -435,7 +436,7 @@ def check_batch_divides(config, num_devices, num_local_devices):
       require(n % num_devices == 0, f'{section}.batch_size', n,
               f'must divide over the {num_devices} devices: use a multiple '
               f'of {num_devices}')
-  if 'eval' in stages:
+  if 'eval' in stages and num_local_devices is not None:
     n = config.eval.batch_size
     require(n % num_local_devices == 0, 'eval.batch_size', n,
             f'must divide over the {num_local_devices} local devices')

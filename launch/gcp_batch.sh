@@ -147,7 +147,8 @@ if [[ -z $code_dir ]]; then
 fi
 
 # Nothing is submitted before this check passes (nor printed, in a dry run).
-local_check "${main_args[@]}"
+local_check "${main_args[@]}" "--device_count=$accelerator_count" \
+  "--local_device_count=$accelerator_count"
 
 # The task: runs on the VM (script job) or in the container (--image).
 # @SETTINGS@ becomes REPO=, REF=, PY=, CODE_DIR=, EXPECTED_DEVICES= and

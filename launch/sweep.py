@@ -21,6 +21,7 @@ instead.
 """
 
 import argparse
+import ast
 import concurrent.futures
 import hashlib
 import itertools
@@ -84,9 +85,26 @@ def parse_grid(spec):
   values = split_values(values)
   if any(not v for v in values):
     raise UsageError(f'bad --grid={spec!r}: empty value')
-  if len(set(values)) != len(values):
-    raise UsageError(f'bad --grid={spec!r}: repeated value')
+  canonical = [_canonical(v) for v in values]
+  for i, value in enumerate(canonical):
+    if value in canonical[:i]:
+      first = values[canonical.index(value)]
+      raise UsageError(f'bad --grid={spec!r}: {first} and {values[i]} are the '
+                       'same value, so the same point twice')
   return key, values
+
+
+def _canonical(value):
+  """What a value sets, so that 2e-4 and 0.0002 (or 1 and 1.0, or true and
+  True) are one point: a Python literal where it reads as one, else the
+  string without quotes."""
+  text = value.strip()
+  if text.lower() in ('true', 'false'):
+    return text.lower() == 'true'
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    return text.strip('\'"')
 
 
 def sanitize(text):

@@ -252,7 +252,7 @@ if [[ -z $ref_given && -n $(git -C "$REPO_ROOT" status --porcelain --untracked-f
 fi
 
 # Nothing is created before this check passes (nor printed, in a dry run).
-local_check "${main_args[@]}"
+local_check "${main_args[@]}" "--device_count=$expected_devices"
 print_check "$dry_run"
 print_warnings
 

@@ -126,9 +126,10 @@ def _wait_for(predicate, seconds=10):
 def test_tpu_dry_run_commands(fake_check):
   result = _bash(TPU_VM, '--dry-run', '--spot', *TPU_FLAGS, '--', *MAIN_ARGS)
   assert result.returncode == 0, result.stderr
-  # The local check ran once, in the repository, on main.py's arguments.
+  # The local check ran once, in the repository, on main.py's arguments
+  # and the device count of a v4-32 (16 chips, one JAX device each).
   assert _check_calls(fake_check) == [
-      [REPO, 'main.py', *MAIN_ARGS, '--check_local']]
+      [REPO, 'main.py', *MAIN_ARGS, '--device_count=16', '--check_local']]
   assert '#   plan: fake, 1 stage' in result.stdout.splitlines()
   create, install, check, start, wait = _commands(result.stdout)
   assert create[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'tpu1']
@@ -562,8 +563,9 @@ def _task_script(job):
 
 def test_batch_dry_run_job(fake_check):
   job, path, [submit] = _batch_dry_run()
-  assert _check_calls(fake_check) == [
-      [REPO, 'main.py', *MAIN_ARGS, '--check_local']]
+  assert _check_calls(fake_check) == [  # One VM's 8 GPUs by default.
+      [REPO, 'main.py', *MAIN_ARGS, '--device_count=8',
+       '--local_device_count=8', '--check_local']]
   assert submit[:5] == ['gcloud', 'batch', 'jobs', 'submit', 'job1']
   assert '--location=us-central1' in submit
   assert _flag(submit, '--config') == path
@@ -693,8 +695,10 @@ def test_sweep_dry_run_2x2(launcher, flags, fake_check):
       for lr in ('1e-4', '2e-4') for s in ('1000', '2000')}
   # Each point was checked (through its launcher's dry run) on its arguments.
   checked = sorted(c[2:] for c in _check_calls(fake_check))
-  assert checked == sorted(c[c.index('--') + 1:] + ['--check_local']
-                           for c in commands)
+  devices = {'tpu_vm': ['--device_count=16'],
+             'gcp_batch': ['--device_count=8', '--local_device_count=8']}
+  assert checked == sorted(c[c.index('--') + 1:] + devices[launcher] +
+                           ['--check_local'] for c in commands)
 
 
 def test_sweep_local_dry_run(fake_check):
@@ -783,11 +787,26 @@ def test_sweep_names_are_short_and_unique():
      '--', '--config=c.py'],
     ['--launcher=local', '--name_prefix=lr', '--workdir_root=/tmp/s',
      '--grid=config.a=1,1', '--', '--config=c.py'],
+    ['--launcher=local', '--name_prefix=lr', '--workdir_root=/tmp/s',
+     '--grid=config.a=2e-4,0.0002', '--', '--config=c.py'],
+    ['--launcher=local', '--name_prefix=lr', '--workdir_root=/tmp/s',
+     '--grid=config.a=true,True', '--', '--config=c.py'],
     ['--launcher=tpu_vm', '--name_prefix=lr', '--workdir_root=gs://b/s', *GRID,
      '--zone=z', '--', '--config=c.py'],  # tpu_vm.sh: no --accelerator.
 ])
 def test_sweep_bad_usage(args):
   _assert_usage_error(_sweep('--dry-run', *args))
+
+
+def test_sweep_refuses_one_point_spelt_twice():
+  result = _sweep('--dry-run', '--launcher=local', '--name_prefix=lr',
+                  '--workdir_root=/tmp/s',
+                  '--grid=config.distill.learning_rate=1e-4,2e-4,0.0002', '--',
+                  '--config=c.py')
+  _assert_usage_error(result)
+  assert result.stderr.strip() == (
+      "error: bad --grid='config.distill.learning_rate=1e-4,2e-4,0.0002': "
+      '2e-4 and 0.0002 are the same value, so the same point twice')
 
 
 # --- the real local check (main.py --check_local): a few seconds each ---
@@ -817,11 +836,13 @@ def test_real_check_refuses_bad_command(script, flags, main_args, names):
 
 def test_real_check_passes_good_command():
   result = _bash(TPU_VM, '--dry-run', '--queued', '--delete_when_done',
-                 *TPU_FLAGS, '--', *TINY, env=REAL_CHECK)
+                 *TPU_FLAGS, '--', *TINY, '--config.train.batch_size=32',
+                 env=REAL_CHECK)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0] == ('# local check passed: python3 main.py '
                       '--config=tests/tiny.py --workdir=gs://b/tiny '
+                      '--config.train.batch_size=32 --device_count=16 '
                       '--check_local')
   assert any(l.startswith('#   ') and 'FLOP' in l for l in lines)
   commands = _commands(result.stdout)
@@ -830,6 +851,21 @@ def test_real_check_passes_good_command():
       ['tpu-vm', 'ssh'], ['tpu-vm', 'ssh'], ['tpu-vm', 'ssh'], ['tpu-vm', 'ssh']]
   assert 'queued-resources delete tpu1' in _flag(commands[4], '--command')
   assert '--worker=0' in commands[5]
+
+
+@pytest.mark.parametrize('script,accelerator,devices,batch', [
+    (TPU_VM, '--accelerator=v3-8', 8, 100),  # A TensorCore per device.
+    (TPU_VM, '--accelerator=v5p-16', 8, 100),  # A (two-core) chip per device.
+    (GCP_BATCH, '--accelerator_count=4', 4, 102)])
+def test_real_check_refuses_a_batch_the_chips_do_not_divide(
+    script, accelerator, devices, batch):
+  flags = TPU_FLAGS[:2] + TPU_FLAGS[3:] if script == TPU_VM else BATCH_FLAGS
+  result = _bash(script, '--dry-run', *flags, accelerator, '--', *TINY,
+                 f'--config.train.batch_size={batch}', env=REAL_CHECK)
+  _assert_usage_error(result)
+  assert result.stderr.strip() == (
+      f'error: config.train.batch_size={batch} is invalid: must divide over '
+      f'the {devices} devices: use a multiple of {devices}')
 
 
 @pytest.mark.parametrize('launcher,flags,grid,point,says', [

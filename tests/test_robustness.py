@@ -165,6 +165,26 @@ def test_main_with_bad_config_exits_2_with_one_line(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize('args,says', [
+    (('--device_count=0', '--check_local'), '--device_count=0 is invalid'),
+    (('--device_count=4',), '--device_count is for --check_local'),
+    (('--local_device_count=4', '--check_local'),
+     '--local_device_count needs --device_count'),
+    (('--device_count=3', '--check_local'),
+     'config.train.batch_size=8 is invalid: must divide over the 3 devices'),
+])
+def test_main_device_count_mistakes_are_one_line(tmp_path, args, says):
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=tests/tiny.py',
+       f'--workdir={tmp_path / "wd"}', *args],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert [l for l in lines if l.startswith('error:')] == lines[-1:]
+  assert lines[-1].startswith(f'error: {says}'), lines[-1]
+  assert not (tmp_path / 'wd').exists()
+
+
 def _main(tmp_path, *args, check='', timeout=300):
   """main.py on the tiny config with `args`; (result, workdir)."""
   workdir = tmp_path / 'wd'

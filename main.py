@@ -98,14 +98,6 @@ def _wants_processes():
           or FLAGS.num_processes is not None or FLAGS.process_id is not None)
 
 
-def _check_known_fields(config):
-  """A field that configs/base.py lacks (a misspelling in a config file)."""
-  try:
-    config_checks.check_known_fields(config, base.get_config())
-  except config_checks.ConfigError as e:
-    cli.exit_with(e, 2)
-
-
 def _check_device_counts():
   for name in ('device_count', 'local_device_count'):
     n = FLAGS[name].value
@@ -124,7 +116,7 @@ def main(argv):
   cli.configure_logging()
   _check_device_counts()
   config, workdir = FLAGS.config, FLAGS.workdir
-  _check_known_fields(config)
+  cli.check_known_fields(config, base.get_config(), sys.argv)
   # Imported after configure_logging, which must precede TensorFlow's import.
   import jax  # pylint: disable=g-import-not-at-top
   from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top

@@ -5,13 +5,19 @@ code 2; a run-time failure (a missing checkpoint, a full disk) exit code 1.
 With `-v 1` (absl's --verbosity) the traceback is shown instead.
 """
 
+import ast
 import logging
 import os
 import re
 import sys
+import traceback
 
 from absl import flags
 from absl import logging as absl_logging
+import ml_collections
+from ml_collections import config_flags
+
+from diffusion_distill import config_checks
 
 FLAGS = flags.FLAGS
 
@@ -64,9 +70,96 @@ def _unknown_field(error, argv):
   return None
 
 
+def config_file(argv):
+  """The file of the last --config= in `argv` (without a ':ARG'), or None."""
+  files = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+  return files[-1].split(':', 1)[0] if files else None
+
+
+def line_in_config_file(error, path):
+  """(line, exception) where running config file `path` raised, following
+  `error`'s chain of causes (config_flags wraps what the file raised), or
+  None when the file is not where it happened."""
+  target = os.path.abspath(path)
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, SyntaxError) and error.filename and (
+        os.path.abspath(error.filename) == target):
+      return error.lineno, error
+    lines = [frame.lineno for frame in traceback.extract_tb(
+        error.__traceback__) if os.path.abspath(frame.filename) == target]
+    if lines:
+      return lines[-1], error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def line_setting(path, field):
+  """The first line of config file `path` that assigns the last name of
+  `field` (a.b.c: `.c =`), or None."""
+  name = re.escape(field.rsplit('.', 1)[-1])
+  try:
+    with open(path) as f:
+      for number, text in enumerate(f, 1):
+        if re.search(rf'\.{name}\s*=(?!=)', text):
+          return number
+  except OSError:
+    pass
+  return None
+
+
+def _exception_text(error):
+  text = error.msg if isinstance(error, SyntaxError) else str(error)
+  if isinstance(error, (KeyError, AttributeError)) and len(text) > 1 and (
+      text[0] == text[-1] and text[0] in '\'"'):
+    try:  # ConfigDict's messages arrive as the repr of a string.
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+  return _one_line(text)
+
+
+def _not_a_config(config, path):
+  kind = 'None' if config is None else type(config).__name__
+  return (f'--config={path}: get_config() returned {kind}, '
+          'not an ml_collections.ConfigDict' + (
+              ': end it with `return config`' if config is None else ''))
+
+
+def _file_alone(argv):
+  """The line for what the config file of `argv` does wrong on its own
+  (overrides left out), or None: a broken file is blamed before the
+  overrides that could not be applied to it."""
+  path = config_file(argv)
+  if not path:
+    return None
+  alone = [argv[0], f'--config={path}']
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=values,
+                                  sys_argv=alone)
+  try:
+    values(alone)
+    config = values.config
+    if config is not None:
+      config.keys()
+  except Exception as e:  # pylint: disable=broad-except
+    found = line_in_config_file(e, path)
+    if found:
+      line, raised = found
+      return (f'--config={path}, line {line}: {type(raised).__name__}: '
+              f'{_exception_text(raised)}; fix the config file')
+    return _not_a_config(None, path) if 'must have a value' in str(e) else None
+  return None if isinstance(config, ml_collections.ConfigDict) else (
+      _not_a_config(config, path))
+
+
 def config_flag_error(error, argv):
   """One line for a failure to read --config and its --config.* overrides."""
   text = str(error)
+  found = _file_alone(argv)
+  if found:
+    return found
   if isinstance(error, flags.IllegalFlagValueError):
     m = re.match(r'flag (--[\w.]+)=None: Flag .* must have a value', text)
     if m:
@@ -100,6 +193,18 @@ def config_flag_error(error, argv):
           f'{_one_line(text)}; fix the config file')
 
 
+def check_known_fields(config, schema, argv):
+  """Exits 2 with one line for a field that `schema` (configs/base.py's
+  config) lacks: a misspelling in a config file, with the line of the file
+  that sets it when it is there."""
+  try:
+    config_checks.check_known_fields(config, schema)
+  except config_checks.UnknownFieldError as e:
+    path = config_file(argv)
+    line = path and line_setting(path, e.field)
+    exit_with(f'--config={path}, line {line}: {e}' if line else e, 2)
+
+
 def parse_flags(argv, flag_values=FLAGS):
   """absl's flag parsing, with a config or flag mistake as one line (exit 2).
 
@@ -111,7 +216,11 @@ def parse_flags(argv, flag_values=FLAGS):
   try:
     rest = flag_values(argv)
     if 'config' in flag_values and flag_values['config'].present:
-      flag_values.config.keys()  # Loads the file; a failure shows here.
+      config = flag_values.config
+      if config is not None:
+        config.keys()  # Loads the file; a failure shows here.
+      if not isinstance(config, ml_collections.ConfigDict):
+        exit_with(_not_a_config(config, config_file(argv)), 2)
   except flags.Error as e:
     if 'config' in str(e) or isinstance(e, flags.IllegalFlagValueError):
       exit_with(config_flag_error(e, argv), 2)

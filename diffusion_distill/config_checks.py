@@ -25,6 +25,14 @@ class ConfigError(ValueError):
   """A config value is wrong; the message names the field, value and fix."""
 
 
+class UnknownFieldError(ConfigError):
+  """A config has a field the schema lacks; `field` is its dotted path."""
+
+  def __init__(self, message, field):
+    super().__init__(message)
+    self.field = field
+
+
 def require(cond, field, value, fix):
   """Raises ConfigError `config.FIELD=VALUE is invalid: FIX` unless `cond`."""
   if not cond:
@@ -193,7 +201,9 @@ def check_known_fields(config, schema, prefix='config'):
       close = difflib.get_close_matches(key, list(schema.keys()), n=1)
       hint = (f'did you mean {prefix}.{close[0]}?' if close else
               f'the fields there are {", ".join(sorted(schema.keys()))}')
-      raise ConfigError(f'{prefix}.{key} is not a config field: {hint}')
+      raise UnknownFieldError(
+          f'{prefix}.{key} is not a config field: {hint}',
+          f'{prefix}.{key}'.removeprefix('config.'))
     if hasattr(schema[key], 'keys') and hasattr(config[key], 'keys'):
       check_known_fields(config[key], schema[key], f'{prefix}.{key}')
 

@@ -108,8 +108,8 @@ def check_local(argv, workdir):
     try:
       cli.parse_flags(full, values)
       config = values.config
+      cli.check_known_fields(config, base.get_config(), full)
       try:
-        config_checks.check_known_fields(config, base.get_config())
         preflight.check(config, workdir, target=False)
       except config_checks.ConfigError as e:
         cli.exit_with(e, 2)
@@ -143,3 +143,56 @@ def test_bad_value_is_one_line_naming_the_field(field, kind, text, tmp_path):
 
 def test_the_config_itself_passes(tmp_path):
   assert check_local([f'--config={CONFIG}'], str(tmp_path / 'wd')) == (0, '')
+
+
+BROKEN_CONFIGS = {
+    'does not parse': ('def get_config(:\n  pass\n', 1, 'SyntaxError'),
+    'cannot be imported': ('import no_such_module_here\n', 1,
+                           "ModuleNotFoundError: No module named "
+                           "'no_such_module_here'"),
+    'raises in get_config': (
+        'from configs import digits\n\n\ndef get_config():\n'
+        '  raise ValueError("the data set is gone")\n', 5,
+        'ValueError: the data set is gone'),
+    'sets a value of the wrong type': (
+        'from configs import digits\n\n\ndef get_config():\n'
+        '  config = digits.get_config()\n'
+        '  config.train.batch_size = "big"\n  return config\n', 6,
+        "TypeError: Could not override field 'batch_size'"),
+    'misspells a section': (
+        'from configs import digits\n\n\ndef get_config():\n'
+        '  config = digits.get_config()\n'
+        '  config.trian.batch_size = 32\n  return config\n', 6,
+        'AttributeError: \'trian\' Did you mean "train" instead of "trian"?'),
+    'misspells a field while setting it': (
+        'from configs import digits\n\n\ndef get_config():\n'
+        '  config = digits.get_config()\n'
+        '  config.train.batchsize = 32\n  return config\n', 6,
+        'config.train.batchsize is not a config field: did you mean '
+        'config.train.batch_size?'),
+    'forgets to return': (
+        'from configs import digits\n\n\ndef get_config():\n'
+        '  config = digits.get_config()\n', None,
+        'get_config() returned None, not an ml_collections.ConfigDict: end '
+        'it with `return config`'),
+    'returns a dict': ('def get_config():\n  return {"seed": 1}\n', None,
+                       'get_config() returned dict, not an '
+                       'ml_collections.ConfigDict'),
+}
+
+
+@pytest.mark.parametrize('what', sorted(BROKEN_CONFIGS))
+def test_config_file_that_fails_is_one_line_with_file_and_line(what, tmp_path):
+  text, line, says = BROKEN_CONFIGS[what]
+  path = tmp_path / 'broken.py'
+  path.write_text(text)
+  workdir = str(tmp_path / 'wd')
+  # An override of a field the file does not break: the file is blamed.
+  code, err = check_local([f'--config={path}',
+                           '--config.train.batch_size=8'], workdir)
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) == 1, (code, err)
+  where = f'error: --config={path}' + (f', line {line}: ' if line else ': ')
+  assert lines[0].startswith(where), lines[0]
+  assert says in lines[0], lines[0]
+  assert 'Traceback' not in err and not os.path.exists(workdir)

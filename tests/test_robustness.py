@@ -397,7 +397,7 @@ def test_workdir_not_writable_is_a_config_error(tmp_path, monkeypatch):
     del args, kwargs
     raise PermissionError(13, 'Permission denied')
 
-  monkeypatch.setattr(preflight.tempfile, 'TemporaryFile', refuse)
+  monkeypatch.setattr(layout.tempfile, "TemporaryFile", refuse)
   workdir = str(tmp_path / 'wd')
   with pytest.raises(config_checks.ConfigError) as e:
     preflight.check_workdir(workdir)

@@ -92,7 +92,7 @@ def _check_flags():
 
 
 def _check_writable(directory, flag):
-  reason = layout.unwritable(directory)
+  reason = checkpoints.unwritable(directory)
   if reason:
     cli.exit_with(f'{flag}={directory} cannot be used: {reason}; choose '
                   'another directory', 2)

@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import shutil
+import tempfile
 from typing import Any
 
 import flax.serialization
@@ -355,6 +356,28 @@ def check_same_tree(expected, actual, what):
       raise CheckpointError(
           f'{what}: parameter {name} has shape {got[name]} but config.model '
           f'gives {want[name]}: another architecture')
+
+
+def unwritable(directory):
+  """Why `directory` cannot be created and written here, or None.
+
+  Creates nothing that stays (what os.access cannot tell, read-only mounts,
+  ACLs, root squash, is tried with a temporary file in the nearest existing
+  parent). Remote paths (gs://...) are left to the first write.
+  """
+  if '://' in directory:
+    return None
+  existing = os.path.abspath(directory)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return f'{existing} is not a directory'
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    return f'{existing} is not writable ({e.strerror or e})'
+  return None
 
 
 def write_atomically(path, data):

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from diffusion_distill import checkpoints
 from diffusion_distill import dataset_info
 # Registers the offline `digits` builder with TFDS.
 from diffusion_distill.datasets import digits as _digits  # pylint: disable=unused-import
@@ -56,14 +57,22 @@ def check_data_available(config: ml_collections.ConfigDict) -> None:
 
   Cheap (it looks at the data directory only) and writes nothing, so drivers
   call it before creating a workdir or compiling anything. Local builds
-  (digits) need no download: they are built on first use.
+  (digits) need no download: they are built on first use, so their
+  directory must be one that can be written.
   """
   info = dataset_info.get(config.dataset.name)
-  if info.local_build:
-    return
   builder = tfds.builder(info.tfds_name, data_dir=config.dataset.data_dir)
-  if not builder.is_prepared():
+  if builder.is_prepared():
+    return
+  if not info.local_build:
     raise _missing_data_error(info, builder)
+  reason = checkpoints.unwritable(builder.data_dir)
+  if reason:
+    raise DataNotFoundError(
+        f'{info.tfds_name!r} is built on first use in {builder.data_dir}, '
+        f'which cannot be written: {reason}; pass '
+        '--config.dataset.data_dir=DIR with a writable DIR (or set '
+        'TFDS_DATA_DIR=DIR)')
 
 
 def _to_square(image: tf.Tensor, info: dataset_info.DatasetInfo) -> tf.Tensor:

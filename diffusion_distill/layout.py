@@ -18,7 +18,6 @@ that build it.
 
 import json
 import os
-import tempfile
 
 from etils import epath
 import ml_collections
@@ -47,8 +46,26 @@ def guide_dir(workdir):
   return os.path.join(workdir, GUIDE)
 
 
+_ROUND = 'student_'
+
+
 def round_dir(workdir, num_student_steps):
-  return os.path.join(workdir, DISTILL, f'student_{num_student_steps:05d}')
+  return os.path.join(workdir, DISTILL, f'{_ROUND}{num_student_steps:05d}')
+
+
+def round_checkpoint_dirs(workdir):
+  """[(num_sample_steps, checkpoint dir)] of the rounds with a checkpoint
+  directory in `workdir`, finished or not, most steps first."""
+  parent = epath.Path(workdir) / DISTILL
+  if not parent.is_dir():
+    return []
+  out = []
+  for path in parent.iterdir():
+    steps = path.name.removeprefix(_ROUND)
+    if path.name.startswith(_ROUND) and steps.isdigit() and (
+        path / 'checkpoints').is_dir():
+      out.append((int(steps), checkpoint_dir(os.fspath(path))))
+  return sorted(out, reverse=True)
 
 
 def eval_dir(workdir):
@@ -67,28 +84,6 @@ def generated_dir(workdir, method, num_steps, guidance=None):
   suffix = f'_w{guidance:g}' if guidance else ''
   return os.path.join(workdir, 'generated',
                       f'{method}_{num_steps}steps{suffix}')
-
-
-def unwritable(directory):
-  """Why `directory` cannot be created and written here, or None.
-
-  Creates nothing that stays (what os.access cannot tell, read-only mounts,
-  ACLs, root squash, is tried with a temporary file in the nearest existing
-  parent). Remote paths (gs://...) are left to the first write.
-  """
-  if '://' in directory:
-    return None
-  existing = os.path.abspath(directory)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    return f'{existing} is not a directory'
-  try:
-    with tempfile.TemporaryFile(dir=existing):
-      pass
-  except OSError as e:
-    return f'{existing} is not writable ({e.strerror or e})'
-  return None
 
 
 def saved_config(workdir):

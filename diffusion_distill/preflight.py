@@ -81,9 +81,9 @@ def check_workdir(workdir):
   """Raises ConfigError unless `workdir` is or can become a writable dir.
 
   Creates nothing that stays: the workdir itself is made later, once every
-  other check has passed (layout.unwritable).
+  other check has passed (checkpoints.unwritable).
   """
-  reason = layout.unwritable(workdir)
+  reason = checkpoints.unwritable(workdir)
   if reason:
     raise ConfigError(f'--workdir={workdir} cannot be used: {reason}; '
                       'choose another --workdir')
@@ -100,6 +100,44 @@ def check_resume(config, workdir):
                                                       started):
     log.info('config.%s changed since the last run in %s: %r -> %r', field,
              workdir, old, new)
+
+
+def _stages_to_resume(config, workdir):
+  """[(name, checkpoint dir, its stage's number of steps)] of the stages
+  this run would resume: the teacher's length is this config's, a stage 1's
+  and a round's the one their checkpoints recorded (it is frozen)."""
+  stages, out = tuple(config.stages), []
+  if 'teacher' in stages:
+    out.append(('teacher', layout.checkpoint_dir(layout.teacher_dir(workdir)),
+                config.train.num_steps))
+  dirs = []
+  if 'guide' in stages:
+    dirs.append(('guide', layout.checkpoint_dir(layout.guide_dir(workdir))))
+  if 'distill' in stages:
+    dirs += [(f'round {n}', directory) for n, directory in
+             layout.round_checkpoint_dirs(workdir)]
+  for name, directory in dirs:
+    ckpt = checkpoints.Checkpointer(directory, read_only=True)
+    if ckpt.latest_step() is not None:
+      out.append((name, directory, ckpt.restore_meta()['stage_num_steps']))
+    ckpt.close()
+  return out
+
+
+def check_dispatch_resume(config, workdir):
+  """A stage resumes at its latest checkpoint, so that step must be a
+  multiple of train.steps_per_dispatch unless the stage is finished (the
+  trainer's own check would stop it after config.json is written)."""
+  k = config.train.steps_per_dispatch
+  if k == 1:
+    return
+  for name, directory, num_steps in _stages_to_resume(config, workdir):
+    step = checkpoints.Checkpointer(directory, read_only=True).latest_step()
+    require(step is None or not step % k or step >= num_steps,
+            'train.steps_per_dispatch', k,
+            f'the {name} checkpoint at step {step} in {directory} is not a '
+            'multiple of it: resume with a train.steps_per_dispatch that '
+            f'divides {step}')
 
 
 def _check_eval_teacher(config, teacher):
@@ -210,6 +248,7 @@ def check(config, workdir, *, target=True) -> Plan:
                                       jax.local_device_count())
     check_workdir(workdir)
     check_resume(config, workdir)
+    check_dispatch_resume(config, workdir)
     if 'eval' in config.stages and config.dataset.name != 'digits':
       inception.load_inception_params(config.eval.inception_weights or None)
     input_pipeline.check_data_available(config)

@@ -221,8 +221,19 @@ def _resolve_file(path, config, what):
 
 def _check_guidance(saved_config, config, what, stage):
   """A guided run's teachers: label dropout for 'guide', w for the rounds,
-  and for both and a guided evaluation a null class that was trained."""
+  and for both and a guided evaluation a null class that was trained. An
+  unguided run may not take a guided run's model: its U-Net has the null
+  class (and maybe w) that the unguided student would not have."""
   if not dataset_info.has_null_class(config):
+    if dataset_info.has_null_class(saved_config):
+      dropout = saved_config.guidance.label_dropout
+      raise checkpoints.CheckpointError(
+          f'{what} is a guided model (trained with label dropout {dropout:g}, '
+          'so it has a null class) but config.guidance.label_dropout=0 is an '
+          f'unguided run: set --config.guidance.label_dropout={dropout:g}'
+          + (" and put 'guide' before 'distill' in config.stages, to distill "
+             'it with guidance (configs/digits_guided.py does)'
+             if stage == 'distill' else '') + ', or give an unguided teacher')
     return
   if dataset_info.null_class_untrained(saved_config) and (
       stage in ('guide', 'distill') or any(config.eval.guidance)):

@@ -526,3 +526,19 @@ def test_stage1_schedules_are_the_checked_choices():
                              [1e-3, 5e-4, 0.], rtol=1e-6)
   np.testing.assert_allclose([constant(s) for s in (0, 5, 10)], [1e-3] * 3,
                              rtol=1e-6)
+
+
+def test_unguided_run_of_a_guided_teacher_says_what_to_run(digits_dir,
+                                                           tmp_path):
+  guided = tiny.tiny_config(digits_dir, **{
+      'dataset.class_conditional': True, 'guidance.label_dropout': 0.1})
+  workdir = str(tmp_path / 'wd')
+  _save_model(guided, layout.teacher_dir(workdir), 'teacher')
+  plain = tiny.tiny_config(digits_dir, **{'dataset.class_conditional': True})
+  for stage in ('distill', 'eval'):
+    with pytest.raises(checkpoints.CheckpointError) as e:
+      teacher_lib.resolve(plain, workdir, stage)
+    message = str(e.value)
+    assert '\n' not in message and 'is a guided model' in message, message
+    assert '--config.guidance.label_dropout=0.1' in message
+    assert ("put 'guide' before 'distill'" in message) == (stage == 'distill')

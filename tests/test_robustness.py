@@ -397,7 +397,7 @@ def test_workdir_not_writable_is_a_config_error(tmp_path, monkeypatch):
     del args, kwargs
     raise PermissionError(13, 'Permission denied')
 
-  monkeypatch.setattr(layout.tempfile, "TemporaryFile", refuse)
+  monkeypatch.setattr(checkpoints.tempfile, "TemporaryFile", refuse)
   workdir = str(tmp_path / 'wd')
   with pytest.raises(config_checks.ConfigError) as e:
     preflight.check_workdir(workdir)
@@ -861,3 +861,58 @@ def test_unreachable_coordinator_is_one_line_exit_1(tmp_path):
       'RuntimeError: DEADLINE_EXCEEDED: Barrier timed out; check that '
       'process 0 runs and that its address and port are reachable from '
       'this host'], result.stderr
+
+
+def _snapshot(directory):
+  """{relative path: bytes} of every file under `directory`."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
+
+
+REFUSALS = {
+    'a bad value': ['--config.model.mean_type=bogus'],
+    'a changed frozen field': ['--config.model.ch=64'],
+    'steps per dispatch that do not divide the checkpoint': [
+        '--config.train.num_steps=8', '--config.train.steps_per_dispatch=4',
+        '--config.train.log_every_steps=4',
+        '--config.train.checkpoint_every_steps=4'],
+    'a data directory that is a file': ['--config.dataset.data_dir={file}'],
+    'a missing teacher': ["--config.stages=('distill',)",
+                          '--config.distill.teacher_checkpoint=/no/teacher'],
+    'a teacher that does not fit': ["--config.stages=('distill',)",
+                                    '--config.dataset.class_conditional=True'],
+    'a device count without --check_local': ['--device_count=4'],
+}
+
+
+@pytest.mark.slow
+def test_refused_runs_leave_the_workdir_byte_for_byte(digits_dir, tmp_path):
+  """Every way main.py refuses to resume leaves config.json and every
+  checkpoint file as they were."""
+  workdir = tmp_path / 'wd'
+  base_args = ['--config=tests/tiny.py', f'--config.dataset.data_dir='
+               f'{digits_dir}', '--config.train.sample_every_steps=0',
+               f'--workdir={workdir}']
+  first = subprocess.run([sys.executable, 'main.py', *base_args], cwd=REPO,
+                         capture_output=True, text=True, timeout=600,
+                         check=False)
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = _snapshot(workdir)
+  assert 'config.json' in before
+  a_file = str(workdir / 'config.json')
+  for what, extra in REFUSALS.items():
+    extra = [a.format(file=a_file) for a in extra]
+    # Later overrides win: the data directory case replaces the good one.
+    result = subprocess.run([sys.executable, 'main.py', *base_args, *extra],
+                            cwd=REPO, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode in (1, 2), (what, result.stderr[-3000:])
+    lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+    assert len(lines) == 1 and 'Traceback' not in result.stderr, (
+        what, result.stderr[-3000:])
+    assert _snapshot(workdir) == before, what

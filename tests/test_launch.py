@@ -760,10 +760,44 @@ def test_sweep_stops_at_first_failure(tmp_path, fake_check):
   assert len(_check_calls(fake_check)) == 4 + 2
 
 
-def test_sweep_names_are_short_and_unique():
+def _sweep_module():
   spec = importlib.util.spec_from_file_location('sweep', SWEEP)
   sweep = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(sweep)
+  return sweep
+
+
+GRID_KEYS = ['config.distill.learning_rate', 'distill.learning_rate', '',
+             'config.', 'config..a', 'config.1a', 'config.a b', 'config.a-b',
+             '=']
+GRID_SEPARATORS = ['=', '', '==']
+GRID_VALUES = ['1e-4,2e-4', '', ',', '1,,2', '(1,2', "'a", '1,1',
+               '2e-4,0.0002', 'true,True', '(1,),(1,)', ' 1 , 1.0 ', '1,2)',
+               '"a,b",c', 'nan,nan', '1e999,2e999']
+
+
+def test_sweep_grid_syntax_fuzzed():
+  """Every key x separator x values: a grid of distinct points, or one
+  UsageError line; never another exception."""
+  sweep = _sweep_module()
+  for key in GRID_KEYS:
+    for sep in GRID_SEPARATORS:
+      for values in GRID_VALUES:
+        spec = key + sep + values
+        try:
+          got_key, got = sweep.parse_grid(spec)
+        except sweep.UsageError as e:
+          assert '\n' not in str(e) and str(e).startswith('bad --grid='), spec
+          continue
+        assert re.fullmatch(r'config(\.[A-Za-z_]\w*)+', got_key), spec
+        assert got and all(got), spec
+        canonical = [sweep._canonical(v) for v in got]  # pylint: disable=protected-access
+        assert all(a != b for i, a in enumerate(canonical)
+                   for b in canonical[i + 1:]), spec
+
+
+def test_sweep_names_are_short_and_unique():
+  sweep = _sweep_module()
   keys = ['config.a_very_long_field_name_for_a_test',
           'config.another_quite_long_field_name']
   points = [('1E-4', 'x.y'), ('1e-4', 'x-y'), ('1e-4', 'x_y')]

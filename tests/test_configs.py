@@ -6,6 +6,7 @@ import os
 import runpy
 import sys
 
+from absl import flags
 import flax.serialization
 import jax
 import numpy as np
@@ -67,6 +68,28 @@ def test_round_plans_of_paper_configs():
   assert config.model.mean_type == 'both' and config.dataset.class_conditional
 
 
+@pytest.fixture
+def script_flags():
+  """absl's global flags as a shell gives them to main.py: those that other
+  test modules' scripts defined on import (sample.py's --workdir) are set
+  aside and, with main.py's, put back as they were after the test."""
+  registry = flags.FLAGS
+  aside = {name: registry[name] for name in list(registry)
+           if not registry.find_module_defining_flag(name, '').startswith(
+               'absl.')}
+  for name in aside:
+    delattr(registry, name)
+  yield
+  for name in [n for n in list(registry) if n not in aside and
+               not registry.find_module_defining_flag(n, '').startswith(
+                   'absl.')]:
+    delattr(registry, name)
+  for name, flag in aside.items():
+    if name not in registry:
+      registry[name] = flag
+
+
+@pytest.mark.usefixtures('script_flags')
 def test_cifar10_distill_through_main_on_mock_data(tmp_path, monkeypatch):
   """main.py with configs/cifar10_distill.py and a paper-format teacher file,
   on mock CIFAR-10 and a reduced U-Net."""

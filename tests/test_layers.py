@@ -16,8 +16,8 @@ PACKAGE = 'diffusion_distill'
 LAYERS = (
     ('pure', ('dataset_info', 'schedules', 'diffusion', 'losses', 'samplers',
               'train_state', 'models.unet', 'models')),
-    ('infrastructure', ('datasets.digits', 'datasets', 'input_pipeline',
-                        'checkpoints', 'preemption', 'images',
+    ('infrastructure', ('checkpoints', 'datasets.digits', 'datasets',
+                        'input_pipeline', 'preemption', 'images',
                         'evaluation.frechet', 'evaluation.inception',
                         'evaluation.digits_classifier', 'evaluation.metrics',
                         'evaluation')),

@@ -150,7 +150,7 @@ def main(argv):
   except config_checks.ConfigError as e:
     cli.fail(e, 2)
   except (input_pipeline.DataNotFoundError, input_pipeline.NonFiniteDataError,
-          checkpoints.CheckpointError, trainer.NonFiniteError,
+          input_pipeline.BadImagesError, checkpoints.CheckpointError, trainer.NonFiniteError,
           FileNotFoundError) as e:
     cli.fail(e, 2 if check_only else 1)
 

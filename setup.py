@@ -25,6 +25,7 @@ _TF_FULL_MARKER = ('(sys_platform != "linux" or platform_machine != "x86_64")'
 setuptools.setup(
     name='diffusion_distill',
     version='0.1.0',
+    license='Apache-2.0',
     description=('Progressive distillation for fast sampling of diffusion '
                  'models (Salimans & Ho, ICLR 2022) in JAX/Flax'),
     packages=setuptools.find_packages(include=['diffusion_distill',

@@ -19,6 +19,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from benchmarks import provenance
 from configs import digits_quality
 from diffusion_distill import input_pipeline
 from diffusion_distill import layout
@@ -61,8 +62,10 @@ def measure(workdir):
 def main(argv):
   del argv
   rows = measure(FLAGS.workdir)
+  record = provenance.record(f'the checkpoints and data of {FLAGS.workdir}, '
+                             'a run of configs/digits_quality.py')
   with open(FLAGS.out, 'w') as f:
-    json.dump(rows, f, indent=1)
+    json.dump({'provenance': record, 'rows': rows}, f, indent=1)
   print(f'wrote {FLAGS.out}')
 
 

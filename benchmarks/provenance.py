@@ -8,34 +8,16 @@ the code and the machine that measured it.
 import os
 import platform
 import shlex
-import subprocess
 import sys
 
-from benchmarks.speed import machine
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def commit() -> str:
-  """HEAD of the repository, with '+changes' when the code differs from it
-  (result files under benchmarks/results/ do not count)."""
-  def git(*args):
-    return subprocess.run(['git', *args], cwd=REPO, capture_output=True,
-                          text=True, check=True, timeout=30).stdout.strip()
-  try:
-    head = git('rev-parse', 'HEAD')
-    dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.',
-                ':!benchmarks/results')
-  except (OSError, subprocess.SubprocessError):
-    return 'unknown'
-  return head + ('+changes' if dirty else '')
+from diffusion_distill import machine
 
 
 def record(made_with: str) -> dict:
   """{commit, date, machine, command, made_with}: `made_with` says how the
   measured data came about (e.g. the main.py runs of a workdir); `command`
   is this script's own command line."""
-  return {'commit': commit(), 'date': machine.now(),
+  return {'commit': machine.commit(), 'date': machine.now(),
           'machine': f'{machine.cpu_model()}, {machine.cpu_cores()} cores, '
                      f'{platform.machine()}',
           'command': ' '.join(shlex.quote(a) for a in

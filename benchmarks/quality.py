@@ -1,14 +1,14 @@
 r"""Quality benchmark: FD-digits of the digits teacher and its students.
 
   python main.py --config=configs/digits_quality.py --workdir=/tmp/quality
-  python benchmarks/quality.py --workdir=/tmp/quality
-  python -m benchmarks.quality --workdir=/tmp/quality     # the same
+  python -m benchmarks.quality --workdir=/tmp/quality
 
 Reads WORKDIR/eval/results.json (written by the eval stage,
 diffusion_distill/evaluate.py) and writes, by default under
 benchmarks/results/:
 
-  quality_digits.json  (--out)   the rows, exactly {model, sampler,
+  quality_digits.json  (--out)   its provenance (benchmarks/provenance.py)
+                                 and the rows, exactly {model, sampler,
                                  num_steps, seed, fd_digits}, sorted
                                  (teacher first, then sampler, steps, seed)
   quality_digits.png   (--plot)  FD-digits (log) against sampling steps
@@ -30,7 +30,7 @@ samplers, the stochastic one included, is printed too, for information):
   T2  teacher DDIM at 4 steps / 4-step student                 >= 3
   T3  1-step student (its best sampler by mean) / teacher's best <= 2
 
-Imports no JAX, TensorFlow or project module: it reads only JSON.
+Reads only JSON; imports no TensorFlow.
 """
 
 import collections
@@ -43,6 +43,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+
+from benchmarks import provenance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, 'benchmarks', 'results')
@@ -318,7 +320,9 @@ def run(workdir: str, out: str, plot: str, md: str, *,
   table = markdown_table(summary)
   reference = _best(summary, 'teacher', REFERENCE_SAMPLER)
 
-  write_text(out, json.dumps(rows, indent=1) + '\n')
+  write_text(out, json.dumps({'provenance': provenance.record(
+      f'python main.py --config={config_name} --workdir={workdir}'),
+                              'rows': rows}, indent=1) + '\n')
   plot_png(summary, plot, reference)
   md_text = '\n'.join(
       ['<!-- Written by benchmarks/quality.py; do not edit by hand. -->',

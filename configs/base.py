@@ -15,6 +15,14 @@ def _dataset():
   dataset.random_flip = True
   dataset.shuffle_buffer = 50_000
   dataset.prefetch = 2
+  # dataset.name='image_folder' only: a folder of .png/.jpg images, one
+  # sub-folder per class or none (unconditional), centre-cropped and resized
+  # to image_size x image_size. Its channels (1 or 3) and its number of
+  # classes are read from the images; set them only to insist on them.
+  dataset.path = ml_collections.config_dict.placeholder(str)
+  dataset.image_size = ml_collections.config_dict.placeholder(int)
+  dataset.channels = ml_collections.config_dict.placeholder(int)
+  dataset.num_classes = ml_collections.config_dict.placeholder(int)
   return dataset
 
 

@@ -9,8 +9,8 @@ evaluation, for w in [0, 1]), stage 2 (its progressive distillation from 16
 steps to 1) and the evaluation at w = 0, 0.25, 0.5 and 1: FD-digits and the
 label accuracy (the share of samples the fixed digits classifier assigns to
 the requested label), with the trade-off plot eval/guidance_tradeoff.png.
-Runs on a laptop CPU with no download: about 25 minutes on a 2-core VM
-(BENCHMARKS.md has each stage's time). docs/method.md, section 7, has the
+Runs on a laptop CPU with no download; WORKDIR/timing.json records each
+stage's time. BENCHMARKS.md has its results; docs/method.md, section 7, the
 method. Sample a guided student with
 `python sample.py --workdir=/tmp/digits_guided --guidance=0.5 --labels=3`.
 

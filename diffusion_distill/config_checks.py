@@ -153,7 +153,7 @@ _RANGES = {
 }
 
 _CHOICES = {
-    'dataset.name': tuple(dataset_info.DATASETS),
+    'dataset.name': dataset_info.NAMES,
     'model.mean_type': diffusion.MEAN_TYPES,
     'model.loss_weighting': diffusion.LOSS_WEIGHTINGS,
     'model.dtype': tuple(models.DTYPES),
@@ -219,10 +219,41 @@ def _check_stages(config):
           f'name each stage once, in the order {STAGES}')
 
 
+# An image folder's images are resized to at most this side.
+MAX_IMAGE_SIZE = 4096
+
+
+def _check_image_folder(d):
+  folder = d.name == dataset_info.IMAGE_FOLDER
+  for field in dataset_info.FOLDER_FIELDS:
+    require(folder or d.get(field) is None, f'dataset.{field}', d.get(field),
+            f"it describes a folder of images "
+            f"(--config.dataset.name={dataset_info.IMAGE_FOLDER}); "
+            f"{d.name!r} has its own: leave it unset")
+  if not folder:
+    return
+  require(isinstance(d.path, str) and d.path, 'dataset.path', d.path,
+          'give the folder of images: --config.dataset.path=DIR (one '
+          'sub-folder of images per class, or the images alone)')
+  require(_is_int(d.image_size) and 1 <= d.image_size <= MAX_IMAGE_SIZE,
+          'dataset.image_size', d.image_size,
+          f'give the side the images are cropped and resized to, e.g. '
+          f'--config.dataset.image_size=64 (at most {MAX_IMAGE_SIZE})')
+  require(d.channels is None or (_is_int(d.channels) and d.channels in (1, 3)),
+          'dataset.channels', d.channels,
+          "use 1 (grayscale) or 3 (RGB), or leave it unset for the images'")
+  require(d.num_classes is None or _count(1)(d.num_classes),
+          'dataset.num_classes', d.num_classes,
+          'leave it unset: it is the number of class sub-folders (' + _COUNT +
+          ')')
+
+
 def _check_dataset(config):
   d = config.dataset
-  info = dataset_info.get(d.name)
-  require(not d.class_conditional or info.num_classes > 1,
+  _check_image_folder(d)
+  info = dataset_info.of(config)
+  folder_unread = d.name == dataset_info.IMAGE_FOLDER and d.num_classes is None
+  require(not d.class_conditional or folder_unread or info.num_classes > 1,
           'dataset.class_conditional', d.class_conditional,
           f'{d.name!r} has no labels: set '
           '--config.dataset.class_conditional=False')
@@ -285,7 +316,7 @@ def _nearest_working_ch(ch, ch_mult, num_res_blocks):
 
 def _check_model(config):
   m = config.model
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   require(m.guidance_embedding is False, 'model.guidance_embedding',
           m.guidance_embedding,
           "the guided stages give their students the w input themselves "

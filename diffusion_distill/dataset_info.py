@@ -70,9 +70,32 @@ DATASETS = {
 }
 
 
+# A folder of the user's own images (input_pipeline reads it with TFDS's
+# ImageFolder): its size comes from config.dataset.image_size, its channels
+# and classes from the images, which preflight records in the config.
+IMAGE_FOLDER = 'image_folder'
+NAMES = tuple(DATASETS) + (IMAGE_FOLDER,)
+# The fields of config.dataset that describe an image folder, and only one.
+FOLDER_FIELDS = ('path', 'image_size', 'channels', 'num_classes')
+
+
 def get(name: str) -> DatasetInfo:
-  """The DatasetInfo of `config.dataset.name` (config checks name the choices)."""
+  """The DatasetInfo of a named TFDS data set (config checks name the
+  choices); of(config) also knows image folders."""
   return DATASETS[name]
+
+
+def of(config) -> DatasetInfo:
+  """The DatasetInfo of `config.dataset`: a named data set's, or that of
+  the image folder it describes (channels 3 and one class until preflight
+  has read the folder's)."""
+  d = config.dataset
+  if d.name != IMAGE_FOLDER:
+    return get(d.name)
+  return DatasetInfo(
+      image_size=d.image_size, channels=d.get('channels') or 3,
+      num_classes=d.get('num_classes') or 1, tfds_name=IMAGE_FOLDER,
+      allows_flip=True, resize='bilinear')
 
 
 def has_null_class(config) -> bool:
@@ -108,11 +131,11 @@ def num_model_classes(config) -> int:
   data set's classes, plus the null class (the last) with label dropout."""
   if not config.dataset.class_conditional:
     return 1
-  return get(config.dataset.name).num_classes + int(has_null_class(config))
+  return of(config).num_classes + int(has_null_class(config))
 
 
 def null_label(config):
   """The label that stands for "no class", or None without label dropout."""
   if not has_null_class(config):
     return None
-  return get(config.dataset.name).num_classes
+  return of(config).num_classes

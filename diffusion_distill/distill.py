@@ -130,7 +130,8 @@ class Rounds:
         hparams=teacher_stage.hparams(config),
         progress=trainer.Progress(
             done_before=before, total=sum(u for _, u in self.plan),
-            label=f'round {index + 1} of {len(self.plan)}'))
+            label=f'round {index + 1} of {len(self.plan)}'),
+        workdir=self.workdir)
 
 
 def build_rounds(config, workdir, teacher) -> Rounds:

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from clu import metric_writers
@@ -34,6 +35,7 @@ from diffusion_distill import input_pipeline
 from diffusion_distill import models
 from diffusion_distill import preemption
 from diffusion_distill import teacher as teacher_lib
+from diffusion_distill import timing
 from diffusion_distill import layout
 from diffusion_distill.evaluation import frechet
 from diffusion_distill.evaluation import metrics as metrics_lib
@@ -184,6 +186,7 @@ def evaluate(config, workdir, teacher=None):
   rows = _read_rows(results_path)
   done = {tuple(r[c] for c in COLUMNS) for r in rows}
   loaded = _Models()
+  t0, measured, samples = time.time(), 0, 0
   for planned in plan_rows(config, teacher,
                            layout.finished_students(workdir)):
     if planned.key in done:
@@ -196,11 +199,15 @@ def evaluate(config, workdir, teacher=None):
                        planned)
     log.info('eval %s', row)
     rows.append(row)
+    measured, samples = measured + 1, samples + row['num_samples']
     if jax.process_index() == 0:
       checkpoints.write_atomically(results_path,
                                    json.dumps(rows, indent=1).encode())
   if jax.process_index() == 0:
     write_outputs(rows, metric.name, eval_dir)
+  if measured:
+    timing.record(layout.timing_path(workdir), 'eval', time.time() - t0, rows=measured,
+                  samples=samples)
   return rows
 
 

@@ -97,4 +97,5 @@ def guide_stage(config, workdir, teacher) -> trainer.Stage:
       grid_num_steps=config.train.grid_sample_steps,
       periodic=teacher_stage.periodic(config, config.train.sample_every_steps),
       extra=(teacher_params,),
-      hparams=teacher_stage.hparams(config))
+      hparams=teacher_stage.hparams(config),
+      workdir=workdir)

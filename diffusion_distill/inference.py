@@ -1,7 +1,7 @@
 """Drawing images from a trained model: the `Sampler` object users hold.
 
-`workdir.load_sampler(workdir)` (also `diffusion_distill.load_sampler`)
-builds one from a workdir; `workdir.make_sampler` from a config and
+`layout.load_sampler(workdir)` (also `diffusion_distill.load_sampler`)
+builds one from a workdir; `layout.make_sampler` from a config and
 parameters.
 """
 

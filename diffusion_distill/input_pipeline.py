@@ -8,11 +8,14 @@ step k, whatever tf.data's threading does.
 """
 
 import dataclasses
+import os
+import tempfile
 from typing import Iterator, Optional
 
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -34,6 +37,116 @@ class NonFiniteDataError(ValueError):
   """The images of a data set hold NaN or Inf values."""
 
 
+class BadImagesError(ValueError):
+  """A folder of images that cannot be trained on (one line: which image,
+  what is wrong, the fix)."""
+
+
+_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')  # What TFDS's ImageFolder reads.
+# PIL's image modes whose TensorFlow decoding has that many channels.
+_MODE_CHANNELS = {'L': 1, 'RGB': 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+  """What a folder of images holds: its class names (sorted; () for a
+  folder of images alone), its number of images and their channels."""
+  path: str
+  classes: tuple
+  num_images: int
+  channels: int
+
+
+def _images_in(directory):
+  return sorted(f for f in os.listdir(directory)
+                if f.lower().endswith(_IMAGE_SUFFIXES))
+
+
+def _channels(path, shown):
+  """The channels of the image file `path` (named `shown`), read by PIL."""
+  try:
+    with Image.open(path) as image:
+      mode = image.mode
+      image.verify()
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise BadImagesError(
+        f'{shown} is not a readable image ({e}): repair or remove it') from e
+  if mode not in _MODE_CHANNELS:
+    raise BadImagesError(
+        f'{shown} is a {mode!r} image; the folder\'s images must be '
+        'grayscale (L) or RGB: convert it (e.g. PIL\'s '
+        "Image.convert('RGB')) or remove it")
+  return _MODE_CHANNELS[mode]
+
+
+def read_image_folder(path) -> ImageFolder:
+  """Looks at every image of `path` (a header each, no decoding); raises
+  DataNotFoundError for a missing or empty folder and BadImagesError for an
+  unreadable image, images of different channels, or a mixed layout."""
+  if not os.path.isdir(path):
+    raise DataNotFoundError(
+        f'config.dataset.path={path!r} is not a folder: give a folder of '
+        '.png/.jpg images (one sub-folder per class, or the images alone)')
+  entries = sorted(os.listdir(path))
+  classes = tuple(e for e in entries if os.path.isdir(os.path.join(path, e)))
+  loose = _images_in(path)
+  if classes and loose:
+    raise BadImagesError(
+        f'{path} holds both images ({loose[0]}, ...) and sub-folders '
+        f'({classes[0]}, ...): put every image in the sub-folder of its '
+        'class, or leave no sub-folders (unconditional)')
+  files = ([os.path.join(c, f) for c in classes
+            for f in _images_in(os.path.join(path, c))] if classes else loose)
+  if not files:
+    raise DataNotFoundError(
+        f'{path} holds no .png or .jpg images'
+        + (f' in its sub-folders ({", ".join(classes)})' if classes else '')
+        + ': add some, or point --config.dataset.path at the folder that '
+        'holds them')
+  empty = [c for c in classes if not _images_in(os.path.join(path, c))]
+  if empty:
+    raise BadImagesError(
+        f'class folder {os.path.join(path, empty[0])} holds no .png or .jpg '
+        'images: add some or remove the folder')
+  first, seen = None, None
+  for f in files:
+    channels = _channels(os.path.join(path, f), os.path.join(path, f))
+    if seen is None:
+      first, seen = f, channels
+    elif channels != seen:
+      raise BadImagesError(
+          f'{os.path.join(path, f)} has {channels} channel(s) but '
+          f'{os.path.join(path, first)} has {seen}: convert the images to '
+          'one kind, all RGB or all grayscale')
+  return ImageFolder(path=path, classes=classes, num_images=len(files),
+                     channels=seen)
+
+
+def resolve_image_folder(config) -> Optional[ImageFolder]:
+  """For dataset.name='image_folder': reads the folder and records its
+  channels and number of classes in `config.dataset` (a value already set
+  must agree), so that config.json and every checkpoint build the model
+  without the folder. Raises one-line errors; None for named data sets."""
+  d = config.dataset
+  if d.name != dataset_info.IMAGE_FOLDER:
+    return None
+  folder = read_image_folder(d.path)
+  if d.class_conditional and not folder.classes:
+    raise BadImagesError(
+        f'{d.path} has no class sub-folders, so its images have no labels: '
+        'set --config.dataset.class_conditional=False, or put each class\'s '
+        'images in a sub-folder of its own')
+  found = {'channels': folder.channels,
+           'num_classes': max(len(folder.classes), 1)}
+  for field, value in found.items():
+    if d[field] is not None and d[field] != value:
+      raise BadImagesError(
+          f'config.dataset.{field}={d[field]} but the images of {d.path} give '
+          f'{value}: leave it unset, or change the images')
+    d[field] = value
+  return folder
+
+
 def _missing_data_error(info: dataset_info.DatasetInfo,
                         builder: tfds.core.DatasetBuilder) -> DataNotFoundError:
   return DataNotFoundError(
@@ -42,8 +155,31 @@ def _missing_data_error(info: dataset_info.DatasetInfo,
       '--config.dataset.data_dir=DIR or set TFDS_DATA_DIR=DIR.')
 
 
+# One staging directory per image folder and process, kept until it exits.
+_STAGED = {}
+
+
+def _folder_builder(path, channels) -> tfds.core.DatasetBuilder:
+  """TFDS's ImageFolder over `path`. It reads ROOT/SPLIT/CLASS/IMAGE, so a
+  temporary ROOT/train holds a link to each class folder of `path` (one to
+  `path` itself for a folder of images alone)."""
+  if path not in _STAGED:
+    staging = tempfile.TemporaryDirectory(prefix='image_folder_')
+    split = os.path.join(staging.name, 'train')
+    os.mkdir(split)
+    path = os.path.abspath(path)
+    folder = read_image_folder(path)
+    for name in folder.classes or ('images',):
+      os.symlink(os.path.join(path, name) if folder.classes else path,
+                 os.path.join(split, name))
+    _STAGED[path] = staging
+  return tfds.ImageFolder(_STAGED[path].name, shape=(None, None, channels))
+
+
 def _builder(config: ml_collections.ConfigDict,
              info: dataset_info.DatasetInfo) -> tfds.core.DatasetBuilder:
+  if config.dataset.name == dataset_info.IMAGE_FOLDER:
+    return _folder_builder(config.dataset.path, info.channels)
   # data_dir=None lets TFDS pick its default, which honours TFDS_DATA_DIR.
   builder = tfds.builder(info.tfds_name, data_dir=config.dataset.data_dir)
   if info.local_build:
@@ -60,7 +196,10 @@ def check_data_available(config: ml_collections.ConfigDict) -> None:
   (digits) need no download: they are built on first use, so their
   directory must be one that can be written.
   """
-  info = dataset_info.get(config.dataset.name)
+  if config.dataset.name == dataset_info.IMAGE_FOLDER:
+    read_image_folder(config.dataset.path)
+    return
+  info = dataset_info.of(config)
   builder = tfds.builder(info.tfds_name, data_dir=config.dataset.data_dir)
   if builder.is_prepared():
     return
@@ -162,7 +301,7 @@ def create_train_iterator(
     H, W, C] in [-1, 1], 'label': int32 [local_device_count,
     per_device_batch]}.
   """
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   if process_index is None:
     process_index = jax.process_index()
   if process_count is None:
@@ -220,9 +359,14 @@ def _check_batch(batch_size, process_count, local_device_count, start_step):
 def _process_examples(config, info, process_index, process_count):
   """(examples of this process's split, cached if small; their number)."""
   builder = _builder(config, info)
-  split = tfds.split_for_jax_process(
-      'train', process_index=process_index, process_count=process_count)
-  examples = _read_split(builder, info, split)
+  if isinstance(builder, tfds.ImageFolder):  # It reads whole splits only.
+    split = 'train'
+    examples = _read_split(builder, info, split).shard(process_count,
+                                                       process_index)
+  else:
+    split = tfds.split_for_jax_process(
+        'train', process_index=process_index, process_count=process_count)
+    examples = _read_split(builder, info, split)
   num_examples = int(examples.cardinality())
   if num_examples < 0:  # Unknown to tf.data; TFDS metadata knows.
     num_examples = builder.info.splits[split].num_examples
@@ -299,7 +443,7 @@ def load_all_images(config: ml_collections.ConfigDict,
   Holds everything in memory: meant for small data sets (digits) in
   evaluation.
   """
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   builder = _builder(config, info)
   ds = _read_split(builder, info, split).batch(4096)
   batches = [batch['image'] for batch in tfds.as_numpy(ds)]

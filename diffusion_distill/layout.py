@@ -9,6 +9,8 @@
   WORKDIR/distill/student_NNNNN/...        one per round, the same inside;
                                            NNNNN = the student's steps
   WORKDIR/eval/results.{csv,json}, quality_vs_steps.png, reference_*.npz
+  WORKDIR/timing.json                      each stage's time, rate, memory
+                                           and the machine (timing.py)
   WORKDIR/generated/METHOD_STEPSsteps[_wW]/ sample.py's images
 
 This module is the only one that knows these names. A model is loaded from
@@ -28,6 +30,7 @@ from diffusion_distill import inference
 from diffusion_distill import models
 
 CONFIG_FILE = 'config.json'
+TIMING_FILE = 'timing.json'
 TEACHER = 'teacher'
 GUIDE = 'guide'
 DISTILL = 'distill'
@@ -36,6 +39,10 @@ EVAL = 'eval'
 
 def config_path(workdir):
   return os.path.join(workdir, CONFIG_FILE)
+
+
+def timing_path(workdir):
+  return os.path.join(workdir, TIMING_FILE)
 
 
 def teacher_dir(workdir):
@@ -141,7 +148,9 @@ def model_meta(config, *, stage, num_sample_steps, stage_num_steps):
       'stage_num_steps': int(stage_num_steps),
       'model': config.model.to_dict(),
       'dataset': {'name': config.dataset.name,
-                  'class_conditional': bool(config.dataset.class_conditional)},
+                  'class_conditional': bool(config.dataset.class_conditional),
+                  **{f: config.dataset[f] for f in dataset_info.FOLDER_FIELDS
+                     if config.dataset.get(f) is not None}},
       'schedule': config.schedule.to_dict(),
   }
   if dataset_info.has_null_class(config):
@@ -205,7 +214,7 @@ def load_model(checkpoint_directory, step=None):
 
 def make_sampler(config, model, params, num_steps=None, clip_x=True):
   """A Sampler for `model` with `params`, shaped by `config`'s data set."""
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   guidance = config.get('guidance')
   return inference.Sampler(
       model, params, mean_type=config.model.mean_type,

@@ -247,6 +247,8 @@ def check(config, workdir, *, target=True) -> Plan:
     config_checks.check_batch_divides(config, num_devices,
                                       jax.local_device_count())
     check_workdir(workdir)
+    # Before the resume check: what the folder gives is part of the config.
+    input_pipeline.resolve_image_folder(config)
     check_resume(config, workdir)
     check_dispatch_resume(config, workdir)
     if 'eval' in config.stages and config.dataset.name != 'digits':
@@ -263,7 +265,7 @@ def check(config, workdir, *, target=True) -> Plan:
 
 
 def _batch(config, batch_size):
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   return {'image': jax.ShapeDtypeStruct((batch_size,) + info.image_shape,
                                         jnp.float32),
           'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}

@@ -89,4 +89,5 @@ def teacher_stage(config, workdir) -> trainer.Stage:
       sampler=layout.make_sampler(config, model, None),
       grid_num_steps=t.grid_sample_steps,
       periodic=periodic(config, t.sample_every_steps),
-      hparams=hparams(config))
+      hparams=hparams(config),
+      workdir=workdir)

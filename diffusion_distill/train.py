@@ -1,13 +1,18 @@
 """train_and_evaluate: the stages of `config.stages`, in order, in a workdir.
 
   WORKDIR/config.json, WORKDIR/teacher/, WORKDIR/distill/student_NNNNN/,
-  WORKDIR/eval/ (workdir.py has the whole layout)
+  WORKDIR/eval/, WORKDIR/timing.json (layout.py has the whole layout)
 
 Every check runs first (preflight.check); config.json is written only when
 all have passed, so a rejected run leaves the workdir as it was. Each stage
 resumes where it stopped.
 """
 
+import logging
+import os
+import time
+
+from etils import epath
 import jax
 
 from diffusion_distill import distill
@@ -16,8 +21,11 @@ from diffusion_distill import guide_stage
 from diffusion_distill import preflight
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill import teacher_stage
+from diffusion_distill import timing
 from diffusion_distill import trainer
 from diffusion_distill import layout
+
+log = logging.getLogger(__name__)
 
 
 class _Teachers:
@@ -46,6 +54,7 @@ def train_and_evaluate(config, workdir, plan=None):
 
   `plan` is preflight.check's result when the caller ran it already.
   """
+  t0 = time.time()
   plan = plan or preflight.check(config, workdir)
   if jax.process_index() == 0:
     layout.write_config(workdir, config)
@@ -60,3 +69,27 @@ def train_and_evaluate(config, workdir, plan=None):
       distill.distill(config, workdir, teachers('distill'))
     elif stage == 'eval':
       evaluate.evaluate(config, workdir, teachers('eval'))
+  timing.record(layout.timing_path(workdir), 'run', time.time() - t0,
+                stages=list(plan.stages))
+  if jax.process_index() == 0:
+    for line in outputs_summary(workdir):
+      log.info('%s', line)
+
+
+def outputs_summary(workdir):
+  """The run's last log lines: where its results, grids and plots are, and
+  how long each stage took (timing.json)."""
+  eval_dir = epath.Path(layout.eval_dir(workdir))
+  lines = [f'results: {p}' for p in [eval_dir / 'results.csv'] if p.exists()]
+  lines += [f'plot: {p}' for p in sorted(eval_dir.glob('*.png'))]
+  stage_dirs = [layout.teacher_dir(workdir), layout.guide_dir(workdir)] + [
+      os.path.dirname(d) for _, d in layout.round_checkpoint_dirs(workdir)]
+  for stage_dir in stage_dirs:
+    grids = epath.Path(layout.sample_grid_path(stage_dir, 0)).parent
+    last = sorted(grids.glob('*.png'))[-1:] if grids.exists() else []
+    lines += [f'last sample grid: {p}' for p in last]
+  timing_path = layout.timing_path(workdir)
+  lines += [f'time: {line}' for line in timing.summary_lines(timing_path)]
+  if epath.Path(timing_path).exists():
+    lines.append(f'timing and machine: {timing_path}')
+  return lines

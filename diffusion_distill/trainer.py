@@ -29,6 +29,7 @@ from diffusion_distill import images
 from diffusion_distill import inference
 from diffusion_distill import preemption
 from diffusion_distill import layout
+from diffusion_distill import timing
 from diffusion_distill.train_state import TrainState
 
 AXIS = 'batch'
@@ -121,10 +122,9 @@ def scan_unroll(steps_per_dispatch, platform):
 
   On accelerators, a loop: its compile time does not grow with k. XLA:CPU
   compiles a convolution's kernel gradient inside a loop body without the
-  fast path it takes in straight-line code (in an ad-hoc timing on the
-  2-core VM of BENCHMARKS.md, medians per step of the digits teacher step:
-  2.0 s in a loop of 4, 0.22 s called alone, 0.18 s unrolled 4 times), so
-  on CPU the k steps are unrolled: compile time grows with k there.
+  fast path it takes in straight-line code (BENCHMARKS.md, "Steps per
+  dispatch on a CPU", has the timings), so on CPU the k steps are unrolled:
+  compile time grows with k there.
   """
   return steps_per_dispatch if platform == 'cpu' else 1
 
@@ -219,7 +219,7 @@ class Progress:
 class Stage:
   """What one stage trains and where it writes.
 
-  `directory` is the stage's directory of the workdir (workdir.py's layout).
+  `directory` is the stage's directory of the workdir (layout.py's layout).
   `meta` is stored with every checkpoint (e.g. num_sample_steps). `extra` is
   a tuple of host pytrees given to the step on every device (the teacher's
   parameters in a distillation round). `sampler` draws the periodic grids
@@ -244,6 +244,9 @@ class Stage:
   # Called after each dispatch with the host step number (tests use it to
   # simulate a crash at a chosen step).
   step_hook: Optional[Callable[[int], None]] = None
+  # The run's workdir: each session's time, rate and peak memory go to its
+  # timing.json (timing.py). None records nothing.
+  workdir: Optional[str] = None
 
 
 def replicate(tree, devices=None):
@@ -253,8 +256,7 @@ def replicate(tree, devices=None):
   The step's compiled program is cached by its inputs' shardings. Arrays from
   flax.jax_utils.replicate live on a mesh with another axis name, so a state
   replicated that way and then the step's own output state were two inputs:
-  every stage compiled its step twice, once at step 1 and again at step 2
-  (about 25 s each for the digits U-Net on the 2-core VM of BENCHMARKS.md).
+  every stage compiled its step twice, once at step 1 and again at step 2.
   """
   devices = list(devices or jax.local_devices())
   sharding = jax.sharding.NamedSharding(
@@ -381,14 +383,16 @@ def _train(stage, ckpt, state, start, writer):
   report = periodic_actions.ReportProgress(num_train_steps=stage.num_steps,
                                            writer=writer)
   progress, pending = _ProgressLog(stage, start), []
+  first_step_seconds = None
   for step in range(start + k, stage.num_steps + 1, k):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       state_r, metrics = stage.step(state_r, next(batches), extra_r)
     pending.append(metrics)
     if step == start + k:  # Compilation included: a sign of life for launchers.
       jax.block_until_ready(metrics)
+      first_step_seconds = round(time.time() - progress.t0, 1)
       log.info('%s: first step done (step %d), %.1f s after the start',
-               stage.name, step, time.time() - progress.t0)
+               stage.name, step, first_step_seconds)
     report(step)
     if itstime(step, p.log_every_steps, stage.num_steps):
       _log_metrics(stage, writer, progress, step, pending)
@@ -407,7 +411,7 @@ def _train(stage, ckpt, state, start, writer):
       _write_grid(stage, writer, step, _unreplicate(state_r.ema_params))
     if stage.step_hook is not None:
       stage.step_hook(step)
-  return state_r
+  return state_r, first_step_seconds
 
 
 def run_stage(stage: Stage):
@@ -427,11 +431,17 @@ def run_stage(stage: Stage):
       writer.flush()
     t0 = time.time()
     try:
-      state_r = _train(stage, ckpt, state, start, writer)
+      state_r, first_step_seconds = _train(stage, ckpt, state, start, writer)
     finally:
       writer.flush()
+    seconds = time.time() - t0
     log.info('%s: %d steps in %.1f s', stage.name, stage.num_steps - start,
-             time.time() - t0)
+             seconds)
+    if stage.workdir is not None:
+      steps = stage.num_steps - start
+      timing.record(layout.timing_path(stage.workdir), stage.name, seconds, from_step=start,
+                    steps=steps, steps_per_second=round(steps / seconds, 2),
+                    first_step_seconds=first_step_seconds)
     return _unreplicate(state_r)
   finally:
     ckpt.close()

@@ -305,6 +305,10 @@ def inert(stage):
 def refused(stage):
   """{field: other value} that config_checks refuses alone for `stage`."""
   out = {'model.guidance_embedding': True}  # Set by the guided stages.
+  # They describe an image folder (dataset.name='image_folder'), not digits;
+  # tests/test_image_folder.py shows each reaching the data and the U-Net.
+  out.update({'dataset.path': '/images', 'dataset.image_size': 16,
+              'dataset.channels': 1, 'dataset.num_classes': 3})
   if stage in ('guide', 'distill_guided', 'eval'):
     # Guidance needs labels.
     out['dataset.class_conditional'] = False

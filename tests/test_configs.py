@@ -89,6 +89,7 @@ def script_flags():
       registry[name] = flag
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures('script_flags')
 def test_cifar10_distill_through_main_on_mock_data(tmp_path, monkeypatch):
   """main.py with configs/cifar10_distill.py and a paper-format teacher file,

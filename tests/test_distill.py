@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from diffusion_distill import checkpoints, config_checks, diffusion, distill
-from diffusion_distill import layout, load_sampler, losses, models, schedules
+from diffusion_distill import layout, load_sampler, losses, machine, models
+from diffusion_distill import schedules, timing, train
 from diffusion_distill import teacher as teacher_lib
 from tests import gaussian, tiny
 
@@ -159,6 +160,23 @@ def test_paper_checkpoint_loads(digits_dir, teacher_file):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_released_checkpoint_samples_as_the_readme_says(digits_dir,
+                                                          teacher_file):
+  """README, "Checkpoints released with the paper": a paper file sampled
+  in its own number of steps from Python, with its ema_params."""
+  config = _distill_config(digits_dir, teacher_file[0])
+  found = teacher_lib.resolve(config, workdir=None, stage='distill')
+  sampler = layout.make_sampler(config, models.create_model(config),
+                                teacher_lib.load(found),
+                                num_steps=found.num_sample_steps)
+  assert sampler.num_steps == 8
+  for a, b in zip(jax.tree.leaves(sampler.params),
+                  jax.tree.leaves(teacher_file[1])):
+    np.testing.assert_array_equal(a, b)
+  images = sampler.sample(jax.random.PRNGKey(0), 3)
+  assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
+
+
 def test_other_architecture_is_named(digits_dir, teacher_file):
   config = _distill_config(digits_dir, teacher_file[0])
   config.model.emb_ch = 64
@@ -193,6 +211,7 @@ class _Crash(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_killed_mid_round_resumes_bitwise(digits_dir, teacher_file,
                                           straight_run, tmp_path):
   workdir = str(tmp_path / 'killed')
@@ -213,6 +232,11 @@ def test_killed_mid_round_resumes_bitwise(digits_dir, teacher_file,
   resumed = distill.distill(config, workdir)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight_run[1])):
     np.testing.assert_array_equal(a, b)
+  # timing.json: the session that finished a round records it.
+  stages = timing.read(layout.timing_path(workdir))['stages']
+  assert [(stages[f'distill to {n} steps']['from_step'],
+           stages[f'distill to {n} steps']['steps']) for n in (4, 2, 1)] == [
+               (0, 4), (2, 2), (0, 4)]
 
 
 def test_evaluation_stage_table_and_plot(digits_dir, teacher_file,
@@ -247,6 +271,38 @@ def test_evaluation_stage_table_and_plot(digits_dir, teacher_file,
   with open(os.path.join(eval_dir, 'results.json')) as f:
     saved = json.load(f)
   assert evaluate.evaluate(config, workdir) == saved
+
+
+def test_each_stage_records_its_cost_and_the_machine(straight_run):
+  """WORKDIR/timing.json after the rounds and the evaluation of the 8 -> 1
+  run, and the run's last log lines that point at its outputs."""
+  workdir, _ = straight_run
+  recorded = timing.read(layout.timing_path(workdir))
+  m = recorded['machine']
+  assert m['cpu_cores'] >= 1 and m['device_count'] == jax.device_count()
+  assert m['device_kind'] == jax.devices()[0].device_kind
+  assert m['jax'] == jax.__version__ and m['jaxlib'] and m['cpu']
+  assert m['commit'] == machine.commit()
+  stages = recorded['stages']
+  assert set(stages) == {'distill to 4 steps', 'distill to 2 steps',
+                         'distill to 1 steps', 'eval'}
+  for n in (4, 2, 1):
+    e = stages[f'distill to {n} steps']
+    assert e['steps'] == 4 and e['from_step'] == 0
+    assert 0 < e['first_step_seconds'] <= e['seconds']
+    assert e['steps_per_second'] == pytest.approx(4 / e['seconds'], rel=0.05)
+    assert e['peak_host_memory_mib'] > 50
+  # The evaluation test measured 10 rows of 12 samples; its rerun none.
+  assert stages['eval']['rows'] == 10 and stages['eval']['samples'] == 120
+  lines = train.outputs_summary(workdir)
+  eval_dir = layout.eval_dir(workdir)
+  assert f'results: {eval_dir}/results.csv' in lines
+  assert f'plot: {eval_dir}/quality_vs_steps.png' in lines
+  grid = layout.sample_grid_path(layout.round_dir(workdir, 1), 4)
+  assert f'last sample grid: {grid}' in lines
+  assert [l.split(':')[1] for l in lines if l.startswith('time: ')] == [
+      ' distill to 4 steps', ' distill to 2 steps', ' distill to 1 steps',
+      ' eval']
 
 
 def test_rounds_of_one_length_share_one_compiled_step(digits_dir):

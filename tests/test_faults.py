@@ -167,6 +167,7 @@ def _killed(result, where):
   assert f'fault_runner: SIGKILL {where}' in result.stderr, _tail(result)
 
 
+@pytest.mark.slow
 def test_killed_anywhere_then_rerun_ends_bitwise_equal(
     digits_dir, jax_cache, templates, reference, tmp_path):
   """One workdir, killed 4 times in a row, then run to its end.

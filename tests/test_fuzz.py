@@ -141,6 +141,42 @@ def test_bad_value_is_one_line_naming_the_field(field, kind, text, tmp_path):
   assert 'Traceback' not in err
 
 
+# An image folder's fields, fuzzed on a config that reads one (on digits
+# any value of theirs is refused: they describe a folder).
+FOLDER = ['--config.dataset.name=image_folder', '--config.dataset.path=/data',
+          '--config.dataset.image_size=8']
+FOLDER_CASES = [(field, kind, text) for field, kind, text in CASES
+                if field.removeprefix('dataset.') in ('path', 'image_size',
+                                                      'channels',
+                                                      'num_classes')]
+FOLDER_ACCEPTED = {
+    ('dataset.path', 'not an allowed name'): 'a path, read on the machine '
+                                             'that runs',
+}
+
+
+@pytest.mark.parametrize('field,kind,text', FOLDER_CASES,
+                         ids=[f'{f}-{k}' for f, k, _ in FOLDER_CASES])
+def test_bad_folder_value_is_one_line_naming_the_field(field, kind, text,
+                                                       tmp_path):
+  workdir = str(tmp_path / 'wd')
+  code, err = check_local([f'--config={CONFIG}', *FOLDER,
+                           f'--config.{field}={text}'], workdir)
+  assert not os.path.exists(workdir), 'a check wrote the workdir'
+  if (field, kind) in FOLDER_ACCEPTED:
+    assert code == 0, (field, kind, err)
+    return
+  lines = err.strip().splitlines()
+  assert code == 2 and len(lines) == 1, (code, err)
+  assert lines[0].startswith('error: ') and field in lines[0], lines[0]
+
+
+def test_the_folder_config_itself_passes(tmp_path):
+  assert len(FOLDER_CASES) == 23
+  assert check_local([f'--config={CONFIG}', *FOLDER],
+                     str(tmp_path / 'wd')) == (0, '')
+
+
 def test_the_config_itself_passes(tmp_path):
   assert check_local([f'--config={CONFIG}'], str(tmp_path / 'wd')) == (0, '')
 

@@ -419,6 +419,7 @@ def _final_states(workdir):
   return out
 
 
+@pytest.mark.slow
 def test_guided_pipeline_resumes_bitwise_in_each_stage(digits_dir, tmp_path):
   cache = str(tmp_path / 'jax_cache')
   reference = str(tmp_path / 'reference')

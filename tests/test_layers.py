@@ -16,7 +16,8 @@ PACKAGE = 'diffusion_distill'
 LAYERS = (
     ('pure', ('dataset_info', 'schedules', 'diffusion', 'losses', 'samplers',
               'train_state', 'models.unet', 'models')),
-    ('infrastructure', ('checkpoints', 'datasets.digits', 'datasets',
+    ('infrastructure', ('checkpoints', 'machine', 'timing',
+                        'datasets.digits', 'datasets',
                         'input_pipeline', 'preemption', 'images',
                         'evaluation.frechet', 'evaluation.inception',
                         'evaluation.digits_classifier', 'evaluation.metrics',

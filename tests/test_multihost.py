@@ -169,6 +169,7 @@ def monkeypatch_module():
     yield mp
 
 
+@pytest.mark.slow
 def test_two_processes_survive_sigterm_and_kill_and_equal_one(
     reference, digits_dir, tmp_path):
   workdir = str(tmp_path / 'w')

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
 
@@ -25,6 +27,7 @@ def _steps(ckpt_dir):
   return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_0_and_the_rerun_resumes_there(digits_dir,
                                                            tmp_path):
   workdir = str(tmp_path / 'w')

@@ -176,8 +176,10 @@ def test_run_writes_json_png_md(tmp_path):
   summary, targets, table = quality.run(workdir, out, plot, md)
   with open(out) as f:
     written = json.load(f)
-  assert written == quality.convert_rows(raw)
-  assert all(set(r) == set(quality.ROW_KEYS) for r in written)
+  assert set(written) == {'provenance', 'rows'}
+  assert written['rows'] == quality.convert_rows(raw)
+  assert all(set(r) == set(quality.ROW_KEYS) for r in written['rows'])
+  assert workdir in written['provenance']['made_with']
   with open(plot, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   assert os.path.getsize(plot) > 1000
@@ -186,18 +188,16 @@ def test_run_writes_json_png_md(tmp_path):
   assert len(summary) == 11 and len(targets) == 3
 
 
-def _script(args, module):
-  cmd = [sys.executable] + (['-m', 'benchmarks.quality'] if module else
-                            [os.path.join(REPO, 'benchmarks', 'quality.py')])
-  return subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO,
-                        timeout=120)
+def _script(args):
+  return subprocess.run([sys.executable, '-m', 'benchmarks.quality', *args],
+                        capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
 def test_script_end_to_end(tmp_path):
   workdir, _ = _workdir(tmp_path)
   # Only --out: the plot and the table land beside it.
   files = [str(tmp_path / 'out' / f'q.{e}') for e in ('json', 'png', 'md')]
-  proc = _script([f'--workdir={workdir}', f'--out={files[0]}'], module=False)
+  proc = _script([f'--workdir={workdir}', f'--out={files[0]}'])
   assert proc.returncode == 0, proc.stderr
   # Teacher best DDIM 100/8 = 13.5; 4-step student 25: T1 misses, T2 misses
   # (26/25), T3 passes (22/13.5 = 1.63).
@@ -210,12 +210,12 @@ def test_script_fewer_seeds_fails_with_one_line(tmp_path):
   workdir, _ = _workdir(tmp_path, seeds=2)
   args = [f'--workdir={workdir}', f'--out={tmp_path}/q.json',
           f'--plot={tmp_path}/q.png', f'--md={tmp_path}/q.md']
-  proc = _script(args, module=True)
+  proc = _script(args)
   assert proc.returncode != 0
   assert proc.stderr.strip().count('\n') == 0
   assert 'fewer than 3 seeds' in proc.stderr
   assert not os.path.exists(tmp_path / 'q.json')
-  proc = _script(args + ['--allow_fewer_seeds'], module=True)
+  proc = _script(args + ['--allow_fewer_seeds'])
   assert proc.returncode == 0, proc.stderr
   assert os.path.exists(tmp_path / 'q.json')
 

@@ -266,6 +266,7 @@ def test_paper_config_on_a_cpu_only_jax_stops_first(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_check_prints_the_plan_and_writes_nothing(tmp_path):
   result, workdir = _main(
       tmp_path, "--config.stages=('teacher','distill','eval')",

@@ -87,6 +87,7 @@ def test_teacher_learning_rate_warms_up_then_stays_or_decays_to_zero(
       [5e-4, 1e-3, 5e-4, 0., 0.], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device(tiny_model):
   assert jax.local_device_count() == 4
   _, model, params = tiny_model
@@ -137,6 +138,7 @@ def _crash_at(step_to_crash):
   return hook
 
 
+@pytest.mark.slow
 def test_teacher_resume_is_bitwise_identical(digits_dir, tmp_path):
   config = tiny.tiny_config(digits_dir)
   straight = trainer.run_stage(teacher_stage.teacher_stage(config, str(tmp_path / 'a')))
@@ -169,6 +171,7 @@ def test_teacher_resume_is_bitwise_identical(digits_dir, tmp_path):
   assert ckpt.all_steps() == [4, 6]
 
 
+@pytest.mark.slow
 def test_a_stage_traces_and_compiles_its_step_once(tiny_model, tmp_path):
   """Step 2 is fed step 1's output state: the same shardings as the state
   replicated for step 1, so no second trace or compile (trainer.replicate)."""
@@ -187,6 +190,7 @@ def test_a_stage_traces_and_compiles_its_step_once(tiny_model, tmp_path):
   assert len(traces) == 1
 
 
+@pytest.mark.slow
 def test_steps_per_dispatch_gives_the_state_of_single_steps(tiny_model):
   """Four single-step calls, two calls of two steps, one call of four: the
   same state to float rounding (_ROUNDING). Not bit for bit: in the k-step
@@ -244,6 +248,7 @@ def _main(workdir, data_dir, *flags):
                         timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_main_trains_checkpoints_and_resumes(digits_dir, tmp_path):
   workdir = str(tmp_path / 'wd')
   first = _main(workdir, digits_dir, '--config.train.num_steps=4')
@@ -292,6 +297,7 @@ runpy.run_path('sample.py', run_name='__main__')
 """
 
 
+@pytest.mark.slow
 def test_sampling_needs_neither_tensorflow_nor_tfds(digits_dir, tmp_path):
   workdir = str(tmp_path / 'wd')
   assert _main(workdir, digits_dir, '--config.train.num_steps=2',
@@ -389,6 +395,7 @@ def test_sampler_draws_its_noise_and_labels_as_documented(digits_dir):
     sampler.sample(rng, 4, num_steps=2, labels=[1, 2])
 
 
+@pytest.mark.slow
 def test_bfloat16_teacher_trains_like_float32(digits_dir):
   """model.dtype='bfloat16' computes activations in bf16; parameters,
   optimizer state, EMA and the loss stay float32. After 80 steps on digits

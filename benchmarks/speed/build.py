@@ -51,7 +51,7 @@ def distill_rounds(config) -> distill.Rounds:
 
 def random_batch(config, batch_size: int, seed: int = 0) -> dict:
   """One host batch shaped like the input pipeline's, without devices."""
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   rs = np.random.RandomState(seed)
   return {'image': rs.uniform(-1, 1, (batch_size,) + info.image_shape).astype(
               np.float32),

@@ -12,10 +12,10 @@ from absl import flags
 import jax
 import jaxlib
 
+from benchmarks import provenance
 from benchmarks.speed import child
 from benchmarks.speed import dispatch
 from benchmarks.speed import distill_cost
-from benchmarks.speed import machine
 from benchmarks.speed import matmul
 from benchmarks.speed import memory
 from benchmarks.speed import options
@@ -26,6 +26,7 @@ from benchmarks.speed import sampling
 from benchmarks.speed import sharding
 from benchmarks.speed import table
 from benchmarks.speed import training_step
+from diffusion_distill import machine
 
 # In the order they run (and appear in the table).
 SECTIONS = {
@@ -192,6 +193,9 @@ def main(argv):
       results['meta']['notes'] = list(f.note)
     if earlier:
       results = report.merge(earlier, results)
+    results['provenance'] = provenance.record(
+        'the sections timed by this command; a --merge keeps the earlier '
+        'sections it does not run, each with its own run record')
     return report.write_results(results, path)
 
   results = finish(run_benchmark(

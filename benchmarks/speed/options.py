@@ -19,7 +19,7 @@ def load_config(module: str):
 
 def shrink(config, *, attention=False):
   """A tiny model of the same structure (for --quick and the tests)."""
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   config.model.ch = 32
   config.model.emb_ch = 32
   config.model.ch_mult = (1,)

@@ -1,7 +1,7 @@
 """The printed summary of a run: one block per section."""
 
-from benchmarks.speed import machine
 from benchmarks.speed.report import fmt
+from diffusion_distill import machine
 
 _AT_LEAST = ('step', 'dispatch', 'pipeline')
 

@@ -23,7 +23,7 @@ def create_model(config):
   x in the first C output channels, eps in the last C.
   """
   m = config.model
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   out_ch = info.channels * (2 if m.mean_type == 'both' else 1)
   return UNet(
       ch=m.ch,
@@ -53,7 +53,7 @@ def student_config(config, takes_guidance=False):
 
 
 def _init(model, config, rng):
-  info = dataset_info.get(config.dataset.name)
+  info = dataset_info.of(config)
   x = jnp.zeros((1,) + info.image_shape)
   guidance = jnp.zeros((1,)) if model.guidance_embedding else None
   return model.init({'params': rng}, x, jnp.zeros((1,)),

@@ -1,5 +1,5 @@
-"""What the figures were measured on: the CPU or accelerator, the load, the
-packages, and a tag for the result file's name."""
+"""What a run or a figure was measured on: the CPU or accelerator, the load,
+the packages, the project's commit, and a tag for a result file's name."""
 
 import datetime
 import importlib.metadata
@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'clu',
              'ml_collections', 'numpy', 'tensorflow', 'tensorflow-cpu',
@@ -94,3 +96,33 @@ def machine_tag() -> str:
 def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec='seconds')
+
+
+def commit() -> str:
+  """The project's commit: HEAD of the repository this package runs from,
+  with '+changes' when the code differs from it (result files under
+  benchmarks/results/ do not count); 'unknown' outside a git checkout."""
+  def git(*args):
+    return subprocess.run(['git', *args], cwd=REPO, capture_output=True,
+                          text=True, check=True, timeout=30).stdout.strip()
+  try:
+    head = git('rev-parse', 'HEAD')
+    dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.',
+                ':!benchmarks/results')
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+  return head + ('+changes' if dirty else '')
+
+
+def summary() -> dict:
+  """The machine and software of a run, for WORKDIR/timing.json: CPU model
+  and cores, device kind and count, JAX and jaxlib versions, the commit."""
+  d = device_description()
+  versions = package_versions()
+  return {'cpu': d['host_cpu'], 'cpu_cores': d['host_cpu_cores'],
+          'platform': d['platform'], 'device_kind': d['device_kind'],
+          'device_count': jax.device_count(),
+          'local_device_count': d['local_device_count'],
+          'process_count': jax.process_count(),
+          'jax': versions.get('jax'), 'jaxlib': versions.get('jaxlib'),
+          'commit': commit()}

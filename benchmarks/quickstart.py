@@ -10,13 +10,17 @@ machine, for the side-by-side comparison) and writes
 benchmarks/results/quickstart_digits.json (--out): the provenance (commit,
 date, machine, this command), each run's config values that differ between
 them, each stage's seconds, the FD-digits rows, and the ratios that the
-README quotes; and quickstart_digits.md beside it, the README's table.
+README quotes; beside it quickstart_digits.md, the README's table,
+quickstart_digits.png, the run's eval/quality_vs_steps.png, and
+quickstart_digits_student1.png, the 1-step student's last sample grid.
 
 Imports no JAX, TensorFlow or project module but the provenance record.
 """
 
+import glob
 import json
 import os
+import shutil
 
 from absl import app
 from absl import flags
@@ -94,9 +98,10 @@ def stage_seconds(run):
   return {k: v['seconds'] for k, v in run['timing']['stages'].items()}
 
 
-def build(after, before=None, before_config=''):
+def build(after, before=None, before_config='', note=''):
   out = {'provenance': provenance.record(
-      'main.py --config=configs/digits.py runs, in the workdirs named below'),
+      'main.py --config=configs/digits.py runs, in the workdirs named below'
+      + (f'; {note}' if note else '')),
          'machine': after['timing']['machine'],
          'run': {'workdir': after['workdir'], 'headline': headline(after),
                  'stage_seconds': stage_seconds(after),
@@ -126,14 +131,33 @@ def define_flags():
   flags.DEFINE_string('before_config', '', 'How --before was configured.')
   flags.DEFINE_string('out', 'benchmarks/results/quickstart_digits.json',
                       'The JSON to write; the table goes beside it (.md).')
+  flags.DEFINE_string('note', '', 'Added to the provenance: how the runs '
+                      'came about (e.g. the code they ran).')
+  flags.DEFINE_bool('copy_images', True, 'Copy the plot and the 1-step '
+                    'student\'s grid beside --out.')
   flags.mark_flag_as_required('workdir')
+
+
+def images(workdir):
+  """{suffix of the copy: the workdir's image}: the plot and the 1-step
+  student's last grid."""
+  grids = sorted(glob.glob(os.path.join(
+      workdir, 'distill', 'student_00001', 'samples', 'step_*.png')))
+  return {'.png': os.path.join(workdir, 'eval', 'quality_vs_steps.png'),
+          '_student1.png': grids[-1]}
 
 
 def main(argv):
   del argv
   after = read_run(FLAGS.workdir)
   before = read_run(FLAGS.before) if FLAGS.before else None
-  result = build(after, before, FLAGS.before_config)
+  result = build(after, before, FLAGS.before_config, FLAGS.note)
+  stem = os.path.splitext(FLAGS.out)[0]
+  result['images'] = {}
+  for suffix, source in (images(FLAGS.workdir).items()
+                         if FLAGS.copy_images else ()):
+    shutil.copyfile(source, stem + suffix)
+    result['images'][os.path.basename(stem + suffix)] = source
   with open(FLAGS.out, 'w') as f:
     json.dump(result, f, indent=1)
     f.write('\n')

@@ -3,8 +3,9 @@
   python main.py --config=configs/digits.py --workdir=/tmp/digits
 
 Runs on a laptop CPU with no download (the digits ship with scikit-learn).
-Measured on a 2-core x86_64 VM: 22.6 minutes in all (teacher 548 s, six
-rounds of about 100 s each, evaluation about 3.5 minutes).
+WORKDIR/timing.json records what each stage took; README.md and
+BENCHMARKS.md give the measured time and table
+(benchmarks/results/quickstart_digits.json).
 Writes a sample grid for the teacher and for each round's student under
 WORKDIR/teacher/samples and WORKDIR/distill/student_NNNNN/samples, then the
 FD-digits table and plot (teacher DDIM/ancestral over step counts, each

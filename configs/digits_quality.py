@@ -1,7 +1,7 @@
 """The quality benchmark: a digits teacher distilled from 256 steps to 1.
 
   python main.py --config=configs/digits_quality.py --workdir=/tmp/quality
-  python -m benchmarks.quality --workdir=/tmp/quality
+  python benchmarks/quality.py --workdir=/tmp/quality
 
 Offline, on CPU. Unlike the quickstart (configs/digits.py) the teacher
 trains at batch 128, distillation starts at 256 steps with 800 updates per
@@ -19,10 +19,6 @@ def get_config():
   config = digits_teacher.get_config()
   config.stages = ('teacher', 'distill', 'eval')
   config.train.batch_size = 128
-  # The teacher of the measured results: 6,000 steps at a constant rate.
-  config.train.num_steps = 6000
-  config.train.decay_steps = 0
-  config.train.ema_decay = 0.999
   config.train.grid_sample_steps = 256
 
   config.distill.start_num_steps = 256

@@ -20,6 +20,7 @@ memory is the process's peak so far. Only process 0 writes; the file is
 replaced whole, so it is never half-written.
 """
 
+import functools
 import json
 import resource
 import sys
@@ -46,6 +47,14 @@ def peak_device_memory_mib():
   return None if peak is None else round(peak / 2**20, 1)
 
 
+@functools.lru_cache(maxsize=None)
+def run_machine():
+  """machine.summary() of this process, taken once: train.train_and_evaluate
+  takes it first, so that a commit made while a run is under way does not
+  relabel the run."""
+  return machine.summary()
+
+
 def read(path):
   """The timing.json at `path`, or {} when there is none (or it is corrupt:
   it is only a record, and is then started again)."""
@@ -69,7 +78,7 @@ def record(path, stage, seconds, **measured):
       peak_host_memory_mib=peak_host_memory_mib(),
       peak_device_memory_mib=peak_device_memory_mib(),
       finished=machine.now())
-  out = {'machine': machine.summary(), 'stages': stages}
+  out = {'machine': run_machine(), 'stages': stages}
   checkpoints.write_atomically(path, json.dumps(out, indent=1) + '\n')
 
 

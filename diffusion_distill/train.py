@@ -55,6 +55,7 @@ def train_and_evaluate(config, workdir, plan=None):
   `plan` is preflight.check's result when the caller ran it already.
   """
   t0 = time.time()
+  timing.run_machine()
   plan = plan or preflight.check(config, workdir)
   if jax.process_index() == 0:
     layout.write_config(workdir, config)

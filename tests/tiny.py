@@ -13,8 +13,6 @@ def tiny_config(data_dir, **overrides):
   config.train.batch_size = 8
   config.train.num_steps = 6
   config.train.warmup_steps = 2
-  config.train.decay_steps = 0
-  config.train.ema_decay = 0.999
   config.train.log_every_steps = 2
   config.train.checkpoint_every_steps = 2
   config.train.sample_every_steps = 6

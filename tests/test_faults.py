@@ -372,6 +372,7 @@ def test_write_failure_names_the_cause(error, words):
   assert words in checkpoints._write_failure(chained)  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_main_on_a_full_disk_exits_1_with_one_line(digits_dir, jax_cache,
                                                    reference, tmp_path):
   """The teacher's first checkpoint (about 2 MB) cannot be written.

@@ -295,6 +295,7 @@ def _one_line_about_the_null_class(error):
   assert 'retrain the teacher' in message
 
 
+@pytest.mark.slow
 def test_teacher_from_before_the_fix_is_not_guided(digits_dir, tmp_path):
   """A guided teacher whose checkpoint predates label dropout in its loss:
   no guide stage, no resumed teacher, no guided evaluation or sampling;
@@ -354,6 +355,7 @@ def test_guided_student_from_before_the_fix_is_not_distilled(digits_dir,
   _one_line_about_the_null_class(e)
 
 
+@pytest.mark.slow
 def test_guided_rounds_distill_this_runs_guide_stage(digits_dir, tmp_path):
   """With a teacher named by distill.teacher_checkpoint and stages
   ('guide', 'distill'), stage 1 starts from that teacher and the rounds
@@ -480,6 +482,7 @@ def test_guided_pipeline_resumes_bitwise_in_each_stage(digits_dir, tmp_path):
                                      'grid.png']
 
 
+@pytest.mark.slow
 def test_w_warmup_scales_the_w_embedding_over_stage_1(guided_models, data):
   """guidance.w_warmup_steps: the student's w-embedding is scaled by
   min(step / W, 1) in stage 1's loss; a scale of 0 makes the net ignore w,

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import guided
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +72,7 @@ def test_label_accuracy_gain_within_the_spread_is_not_a_gain():
   assert math.isclose(g5['value'], .03 - 2 * .05 / 3**.5, rel_tol=1e-6)
 
 
+@pytest.mark.slow
 def test_script_writes_the_table_beside_its_out(tmp_path):
   os.makedirs(tmp_path / 'w' / 'eval')
   with open(tmp_path / 'w' / 'eval' / 'results.json', 'w') as f:

@@ -203,6 +203,7 @@ def test_config_mistakes_of_a_folder_are_one_line(classes_dir, overrides,
     assert w in str(raised.value), str(raised.value)
 
 
+@pytest.mark.slow
 def test_main_says_what_is_wrong_with_the_folder(bad_folders, tmp_path):
   """Through main.py: one `error:` line, exit code 1, no workdir."""
   folder = bad_folders['mixed channels'][0]

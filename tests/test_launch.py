@@ -851,6 +851,7 @@ MISSPELT = ['--config=tests/tiny.py', '--workdir=gs://b/w',
 MISSING = ['--config=configs/nope.py', '--workdir=gs://b/w']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script,flags', [
     (TPU_VM, ['--queued', '--delete_when_done', *TPU_FLAGS]),
     (GCP_BATCH, BATCH_FLAGS)])
@@ -868,6 +869,7 @@ def test_real_check_refuses_bad_command(script, flags, main_args, names):
   assert 'local check' not in line  # main.py's line, not the launcher's.
 
 
+@pytest.mark.slow
 def test_real_check_passes_good_command():
   result = _bash(TPU_VM, '--dry-run', '--queued', '--delete_when_done',
                  *TPU_FLAGS, '--', *TINY, '--config.train.batch_size=32',
@@ -887,6 +889,7 @@ def test_real_check_passes_good_command():
   assert '--worker=0' in commands[5]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script,accelerator,devices,batch', [
     (TPU_VM, '--accelerator=v3-8', 8, 100),  # A TensorCore per device.
     (TPU_VM, '--accelerator=v5p-16', 8, 100),  # A (two-core) chip per device.
@@ -902,6 +905,7 @@ def test_real_check_refuses_a_batch_the_chips_do_not_divide(
       f'the {devices} devices: use a multiple of {devices}')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('launcher,flags,grid,point,says', [
     # A misspelt grid key: every point is rejected, the first is named.
     ('tpu_vm', TPU_FLAGS[1:], '--grid=config.distill.learning_rat=1e-4,2e-4',

@@ -193,6 +193,7 @@ def _script(args):
                         capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow
 def test_script_end_to_end(tmp_path):
   workdir, _ = _workdir(tmp_path)
   # Only --out: the plot and the table land beside it.
@@ -206,6 +207,7 @@ def test_script_end_to_end(tmp_path):
   assert all(os.path.getsize(p) > 0 for p in files)
 
 
+@pytest.mark.slow
 def test_script_fewer_seeds_fails_with_one_line(tmp_path):
   workdir, _ = _workdir(tmp_path, seeds=2)
   args = [f'--workdir={workdir}', f'--out={tmp_path}/q.json',

@@ -150,6 +150,7 @@ def test_tiny_config_is_valid():
   config_checks.check_batch_divides(config, 4, 4)
 
 
+@pytest.mark.slow
 def test_main_with_bad_config_exits_2_with_one_line(tmp_path):
   workdir = tmp_path / 'wd'
   result = subprocess.run(
@@ -165,6 +166,7 @@ def test_main_with_bad_config_exits_2_with_one_line(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,says', [
     (('--device_count=0', '--check_local'), '--device_count=0 is invalid'),
     (('--device_count=4',), '--device_count is for --check_local'),
@@ -206,6 +208,7 @@ def _one_error_line(result, code=2):
   return lines[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,words', [
     (['--config=configs/nope.py'],
      ['--config=configs/nope.py cannot be read', 'No such file']),
@@ -234,6 +237,7 @@ def test_config_mistakes_on_the_command_line(tmp_path, args, words):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_misspelt_field_in_a_config_file_names_the_closest(tmp_path):
   config_file = tmp_path / 'typo.py'
   config_file.write_text(
@@ -249,6 +253,7 @@ def test_misspelt_field_in_a_config_file_names_the_closest(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_paper_config_on_a_cpu_only_jax_stops_first(tmp_path):
   """Before any other check (here: a data set that is not there)."""
   workdir = tmp_path / 'wd'
@@ -301,6 +306,7 @@ def test_check_prints_the_plan_and_writes_nothing(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_model_is_refused_before_writing(
     finished_teacher, tmp_path):
   """config.json holds the last run's config; a field that changes what the
@@ -730,6 +736,7 @@ class _Infos(_Warnings):
     super().__exit__(*exc)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_and_continues(
     finished_teacher, tmp_path):
   config, finished, _ = finished_teacher
@@ -780,6 +787,7 @@ def test_all_checkpoints_corrupt_is_one_line_and_touches_nothing(
     layout.load_model(ckpt_dir)
 
 
+@pytest.mark.slow
 def test_nan_updates_stop_with_last_checkpoint_intact(finished_teacher,
                                                       tmp_path):
   config, finished, final = finished_teacher
@@ -812,6 +820,7 @@ def test_nan_updates_stop_with_last_checkpoint_intact(finished_teacher,
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args,words', [
     (['--multihost'], '--multihost cannot tell which processes to join '
      '(coordinator_address should be defined)'),
@@ -839,6 +848,7 @@ def test_main_multihost_mistakes_exit_2_with_one_line(tmp_path, args, words):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_is_one_line_exit_1(tmp_path):
   """A coordinator that does not answer: JAX gives up after its timeout
   (minutes), which a stand-in for jax.distributed.initialize replaces."""

@@ -310,6 +310,7 @@ def test_sampling_needs_neither_tensorflow_nor_tfds(digits_dir, tmp_path):
   assert sorted(os.listdir(out)) == ['000000.png', '000001.png', 'grid.png']
 
 
+@pytest.mark.slow
 def test_missing_cifar10_stops_before_training(tmp_path):
   empty = tmp_path / 'tfds'
   empty.mkdir()
@@ -326,6 +327,7 @@ def test_missing_cifar10_stops_before_training(tmp_path):
   assert not (workdir / 'teacher').exists()
 
 
+@pytest.mark.slow
 def test_missing_inception_weights_stop_before_any_work(tmp_path):
   workdir = tmp_path / 'wd'
   env = dict(os.environ,

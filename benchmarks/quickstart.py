@@ -14,7 +14,8 @@ README quotes; beside it quickstart_digits.md, the README's table,
 quickstart_digits.png, the run's eval/quality_vs_steps.png, and
 quickstart_digits_student1.png, the 1-step student's last sample grid.
 
-Imports no JAX, TensorFlow or project module but the provenance record.
+Reads only JSON (and the workdir's two images); the config's fields are
+flattened as config_checks flattens them.
 """
 
 import glob
@@ -26,6 +27,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import provenance
+from diffusion_distill import config_checks
 
 COLUMNS = (('teacher', 'ddim'), ('teacher', 'ancestral'), ('student', 'ddim'),
            ('student', 'stochastic'))
@@ -43,19 +45,9 @@ def read_run(workdir):
           'timing': load('timing.json'), 'rows': rows}
 
 
-def _flat(tree, prefix=''):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def config_differences(before, after):
   """{field: [before, after]} of the fields whose values differ."""
-  a, b = _flat(before), _flat(after)
+  a, b = config_checks.flat(before), config_checks.flat(after)
   return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k)}
 

@@ -538,11 +538,12 @@ _BEFORE_THE_FIELD = {'train.decay_steps': 0, 'guidance.ema_decay': 0.,
                      'distill.loss_weighting': None}
 
 
-def _flat(tree, prefix=''):
+def flat(tree, prefix=''):
+  """{'section.field': value} of a nested dict (a config's to_dict())."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
+      out.update(flat(value, f'{prefix}{key}.'))
     else:
       out[prefix + key] = value
   return out
@@ -567,8 +568,8 @@ def resume_changes(saved, config, workdir, started):
   (the workdir's config.json) and may change; raises ConfigError, naming
   each, if any of the others differ. `started`: the stages with checkpoints.
   """
-  old = {**_BEFORE_THE_FIELD, **_flat(saved)}
-  new = _flat(json.loads(config.to_json_best_effort()))
+  old = {**_BEFORE_THE_FIELD, **flat(saved)}
+  new = flat(json.loads(config.to_json_best_effort()))
   changed = [(f, old[f], new[f]) for f in sorted(new)
              if f in old and old[f] != new[f]]
   frozen = [c for c in changed if _frozen(c[0], started)]

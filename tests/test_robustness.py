@@ -874,17 +874,6 @@ def test_unreachable_coordinator_is_one_line_exit_1(tmp_path):
       'this host'], result.stderr
 
 
-def _snapshot(directory):
-  """{relative path: bytes} of every file under `directory`."""
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, directory)] = f.read()
-  return out
-
-
 REFUSALS = {
     'a bad value': ['--config.model.mean_type=bogus'],
     'a changed frozen field': ['--config.model.ch=64'],
@@ -913,7 +902,7 @@ def test_refused_runs_leave_the_workdir_byte_for_byte(digits_dir, tmp_path):
                          capture_output=True, text=True, timeout=600,
                          check=False)
   assert first.returncode == 0, first.stderr[-3000:]
-  before = _snapshot(workdir)
+  before = _listing(workdir)
   assert 'config.json' in before
   a_file = str(workdir / 'config.json')
   for what, extra in REFUSALS.items():
@@ -926,4 +915,4 @@ def test_refused_runs_leave_the_workdir_byte_for_byte(digits_dir, tmp_path):
     lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
     assert len(lines) == 1 and 'Traceback' not in result.stderr, (
         what, result.stderr[-3000:])
-    assert _snapshot(workdir) == before, what
+    assert _listing(workdir) == before, what

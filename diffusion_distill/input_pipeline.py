@@ -163,11 +163,11 @@ def _folder_builder(path, channels) -> tfds.core.DatasetBuilder:
   """TFDS's ImageFolder over `path`. It reads ROOT/SPLIT/CLASS/IMAGE, so a
   temporary ROOT/train holds a link to each class folder of `path` (one to
   `path` itself for a folder of images alone)."""
+  path = os.path.abspath(path)
   if path not in _STAGED:
     staging = tempfile.TemporaryDirectory(prefix='image_folder_')
     split = os.path.join(staging.name, 'train')
     os.mkdir(split)
-    path = os.path.abspath(path)
     folder = read_image_folder(path)
     for name in folder.classes or ('images',):
       os.symlink(os.path.join(path, name) if folder.classes else path,
@@ -194,10 +194,10 @@ def check_data_available(config: ml_collections.ConfigDict) -> None:
   Cheap (it looks at the data directory only) and writes nothing, so drivers
   call it before creating a workdir or compiling anything. Local builds
   (digits) need no download: they are built on first use, so their
-  directory must be one that can be written.
+  directory must be one that can be written. An image folder is read and
+  checked by resolve_image_folder, which preflight runs first.
   """
   if config.dataset.name == dataset_info.IMAGE_FOLDER:
-    read_image_folder(config.dataset.path)
     return
   info = dataset_info.of(config)
   builder = tfds.builder(info.tfds_name, data_dir=config.dataset.data_dir)

@@ -10,6 +10,7 @@ Orbax writes to a temporary directory and renames it when complete, so a
 kill during a save never leaves a checkpoint that looks finished.
 """
 
+import dataclasses
 import errno
 import logging
 import os
@@ -108,7 +109,7 @@ class Checkpointer:
       self._mngr.save(
           step,
           args=ocp.args.Composite(
-              state=ocp.args.StandardSave(_to_global(state)),
+              state=ocp.args.StandardSave(_to_global(_fields(state))),
               meta=ocp.args.JsonSave(meta)),
           force=True)
       self._mngr.wait_until_finished()
@@ -143,9 +144,12 @@ class Checkpointer:
     than latest_step() was before the call when that checkpoint is unusable.
     """
     step, out = self._restore(step, ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract_global(template)),
+        state=ocp.args.StandardRestore(_abstract_global(_fields(template))),
         meta=ocp.args.JsonRestore()))
-    return _to_host(out['state']), dict(out['meta']), step
+    state = _to_host(out['state'])
+    if dataclasses.is_dataclass(template):
+      state = template.replace(**state)
+    return state, dict(out['meta']), step
 
   def restore_params(self, params_template: Any, which='ema_params', step=None):
     """Restores only one parameter tree of the state (no optimizer template needed).
@@ -273,6 +277,16 @@ def _replicated():
   mesh = jax.sharding.Mesh(np.array([first[p] for p in sorted(first)]),
                            ('processes',))
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _fields(state):
+  """A train state as saved: its fields by name, without those that are
+  None (a state without a target network is saved as before it could have
+  one, so older checkpoints restore into it). Other trees as they are."""
+  if not dataclasses.is_dataclass(state):
+    return state
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+          if getattr(state, f.name) is not None}
 
 
 def _to_global(host_tree):

@@ -1,5 +1,6 @@
-"""Training losses: the teacher's (Algorithm 1), distillation (Algorithm 2)
-and stage 1 of guided distillation (docs/method.md, sections 3, 4 and 7).
+"""Training losses: the teacher's (Algorithm 1), distillation (Algorithm 2),
+stage 1 of guided distillation and multistep consistency distillation
+(docs/method.md, sections 3, 4, 7 and 8).
 
 All are pure functions of explicit parameters. A `model_fn` has the signature
 `model_fn(params, z, logsnr, y, train, rng) -> raw network output`; `predict`
@@ -150,6 +151,84 @@ def distill_loss(params, teacher_params, batch, rng, *, model_fn, mean_type,
   x_tilde = jax.lax.stop_gradient(
       two_step_target(teacher_x_hat, z_t, logsnr_t, logsnr_mid, logsnr_s,
                       i == 1))
+  out = model_fn(params, z_t, logsnr_t, y, True, rng_model)
+  x_hat = diffusion.predict(out, z_t, logsnr_t, mean_type).x_hat
+  per_example = diffusion.loss_weight(logsnr_t, weighting) * diffusion.mean_flat(
+      jnp.square(x_tilde - x_hat))
+  return per_example.mean(), per_example
+
+
+def consistency_times(i, num_student_steps, num_teacher_steps):
+  """Times of multistep consistency distillation at teacher grid points i.
+
+  The student samples in T = `num_student_steps` steps, so [0, 1] is cut
+  into T segments at t_k = k/T; the teacher's grid has N =
+  `num_teacher_steps` steps, N a multiple of T. For i in 1..N: t = i/N;
+  s = t - 1/N, its next grid point down, which is never below the end
+  t_end of t's segment. Returns (t, s, t_end, s_is_end).
+  """
+  per_segment = num_teacher_steps // num_student_steps
+  segment = (i - 1) // per_segment
+  n = jnp.float32(num_teacher_steps)
+  return (i.astype(jnp.float32) / n, (i - 1).astype(jnp.float32) / n,
+          segment.astype(jnp.float32) / num_student_steps,
+          (i - 1) % per_segment == 0)
+
+
+def consistency_target(teacher_x_hat_fn, target_x_hat_fn, z_t, logsnr_t,
+                       logsnr_s, logsnr_end, s_is_end, end_is_zero):
+  """The x that makes one student DDIM step t -> t_end land where one
+  teacher DDIM step t -> s, then one target-network DDIM step s -> t_end
+  land (none when s = t_end).
+
+  `*_x_hat_fn(z, logsnr) -> x_hat`. Where t_end = 0 the closed form divides
+  by sigma -> 0 and the target is the x_hat of the last step instead: the
+  target network's at s, or the teacher's at t when s = 0 too. With the
+  teacher as the target network and two teacher steps per segment, this
+  is progressive distillation's two-step target.
+  """
+  x_hat_t = teacher_x_hat_fn(z_t, logsnr_t)
+  z_s = diffusion.ddim_step(z_t, x_hat_t, logsnr_t, logsnr_s)
+  x_hat_s = target_x_hat_fn(z_s, logsnr_s)
+  at_end = diffusion.bcast(s_is_end, z_t)
+  z_end = jnp.where(
+      at_end, z_s, diffusion.ddim_step(z_s, x_hat_s, logsnr_s, logsnr_end))
+  x_tilde = diffusion.ddim_x_target(z_t, z_end, logsnr_t, logsnr_end)
+  last_x_hat = jnp.where(at_end, x_hat_t, x_hat_s)
+  return jnp.where(diffusion.bcast(end_is_zero, z_t), last_x_hat, x_tilde)
+
+
+def consistency_loss(params, target_params, teacher_params, batch, rng, *,
+                     model_fn, mean_type, weighting, logsnr_fn,
+                     num_student_steps, num_teacher_steps):
+  """Multistep consistency distillation: CD with one student step, multistep
+  CD with T, a TRACT phase with its T and the previous phase's N.
+
+  The student learns, at t on the teacher's grid, the x whose one DDIM step
+  lands on t's segment end where the teacher's step to s followed by the
+  target network's (`target_params`, an EMA of the student's, or its copy
+  with gradients stopped) land. Teacher and target run in eval mode; the
+  target is computed in float32 with gradients stopped.
+  """
+  x = batch['image']
+  y = batch.get('label')
+  rng_t, rng_eps, rng_model = jax.random.split(rng, 3)
+  i = jax.random.randint(rng_t, (x.shape[0],), 1, num_teacher_steps + 1)
+  t, s, t_end, s_is_end = consistency_times(i, num_student_steps,
+                                            num_teacher_steps)
+  logsnr_t = logsnr_fn(t)
+  eps = jax.random.normal(rng_eps, x.shape, jnp.float32)
+  z_t = diffusion.diffuse(x.astype(jnp.float32), eps, logsnr_t)
+
+  def x_hat_of(p):
+    def x_hat(z, logsnr):
+      out = model_fn(p, z, logsnr, y, False, None)
+      return diffusion.predict(out, z, logsnr, mean_type).x_hat
+    return x_hat
+
+  x_tilde = jax.lax.stop_gradient(consistency_target(
+      x_hat_of(teacher_params), x_hat_of(target_params), z_t, logsnr_t,
+      logsnr_fn(s), logsnr_fn(t_end), s_is_end, t_end == 0.))
   out = model_fn(params, z_t, logsnr_t, y, True, rng_model)
   x_hat = diffusion.predict(out, z_t, logsnr_t, mean_type).x_hat
   per_example = diffusion.loss_weight(logsnr_t, weighting) * diffusion.mean_flat(

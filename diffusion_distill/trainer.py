@@ -71,18 +71,32 @@ def teacher_schedule(learning_rate, warmup_steps, decay_steps=0):
       optax.constant_schedule(learning_rate)], [warmup_steps])
 
 
+def moving_average(average, params, decay):
+  """decay * average + (1 - decay) * params, leaf by leaf: decay 0 copies
+  `params`, decay 1 keeps `average`."""
+  return jax.tree.map(lambda a, p: decay * a + (1. - decay) * p, average,
+                      params)
+
+
 def train_step(state: TrainState, batch, *extra, loss_fn, optimizer,
-               ema_decay, skip_nonfinite, loss_reads_step=False):
+               ema_decay, skip_nonfinite, loss_reads_step=False,
+               target_decay=None):
   """One update on this device's part of the batch; call it under pmap.
 
   `loss_fn(params, batch, rng, *extra) -> (loss, per_example_loss)`; with
   `loss_reads_step` it also takes `step=`, the number of updates before this
   one (for a loss that changes over training, such as stage 1's w warm-up).
+  With `target_decay` (a state created `with_target`), it also takes
+  `target_params=`, the target network, which then moves towards the
+  updated parameters at that rate (0: their copy; 1: frozen). The loss's
+  gradient is taken with respect to `params` only.
   """
   rng = jax.random.fold_in(
       jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
   if loss_reads_step:
     loss_fn = functools.partial(loss_fn, step=state.step)
+  if target_decay is not None:
+    loss_fn = functools.partial(loss_fn, target_params=state.target_params)
   (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch, rng, *extra)
   grads = jax.lax.pmean(grads, AXIS)
@@ -96,10 +110,12 @@ def train_step(state: TrainState, batch, *extra, loss_fn, optimizer,
         lambda n, o: jnp.where(finite, n, o), new, old)
     params = keep(params, state.params)
     opt_state = keep(opt_state, state.opt_state)
-  ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1. - ema_decay) * p,
-                            state.ema_params, params)
+  ema_params = moving_average(state.ema_params, params, ema_decay)
+  target_params = (state.target_params if target_decay is None else
+                   moving_average(state.target_params, params, target_decay))
   new_state = state.replace(
       step=state.step + 1, params=params, ema_params=ema_params,
+      target_params=target_params,
       opt_state=opt_state,
       nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1))
   metrics = {'loss': loss, 'grad_norm': grad_norm,
@@ -144,6 +160,13 @@ class Step:
   learning_rate_fn: Callable
   steps_per_dispatch: int
   single: Callable
+  # The target network's rate (train_step); None: the state has none.
+  target_decay: Optional[float] = None
+
+  def init_state(self, params, rng):
+    """The state this step trains, at update 0 from `params`."""
+    return TrainState.create(params, self.optimizer, rng,
+                             with_target=self.target_decay is not None)
 
   def __call__(self, state, batches, extra):
     if self.steps_per_dispatch == 1:
@@ -154,7 +177,7 @@ class Step:
     """XLA's FLOP count of one step on `batch` (arrays or ShapeDtypeStructs)
     on one device: the step is lowered, not run. None if XLA gives none."""
     state = jax.eval_shape(
-        lambda p: TrainState.create(p, self.optimizer, jax.random.PRNGKey(0)),
+        lambda p: self.init_state(p, jax.random.PRNGKey(0)),
         params)
     lead = lambda x: jax.ShapeDtypeStruct((1,) + tuple(np.shape(x)),
                                           jnp.result_type(x))
@@ -169,12 +192,12 @@ class Step:
 
 def make_step(loss_fn, optimizer, learning_rate_fn, *, ema_decay,
               skip_nonfinite=True, steps_per_dispatch=1, devices=None,
-              loss_reads_step=False):
+              loss_reads_step=False, target_decay=None):
   """The pmapped train step: build it once and share it between stages.
 
   Stages that share a Step (distillation rounds of the same length) share
   its compiled program. `devices` defaults to all local devices;
-  `loss_reads_step` as in train_step. With
+  `loss_reads_step` and `target_decay` as in train_step. With
   `steps_per_dispatch` k > 1, one call runs k steps, a `lax.scan` over k
   batches (for accelerators, where a call's fixed cost is large next to a
   small step; see `scan_unroll` for CPU).
@@ -182,7 +205,8 @@ def make_step(loss_fn, optimizer, learning_rate_fn, *, ema_decay,
   single = functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
                              ema_decay=ema_decay,
                              skip_nonfinite=skip_nonfinite,
-                             loss_reads_step=loss_reads_step)
+                             loss_reads_step=loss_reads_step,
+                             target_decay=target_decay)
   if steps_per_dispatch == 1:
     fn = jax.pmap(single, axis_name=AXIS, donate_argnums=(0,),
                   devices=devices)
@@ -194,7 +218,8 @@ def make_step(loss_fn, optimizer, learning_rate_fn, *, ema_decay,
     fn = jax.pmap(steps, axis_name=AXIS, donate_argnums=(0,),
                   devices=devices)
   return Step(fn=fn, optimizer=optimizer, learning_rate_fn=learning_rate_fn,
-              steps_per_dispatch=steps_per_dispatch, single=single)
+              steps_per_dispatch=steps_per_dispatch, single=single,
+              target_decay=target_decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +332,7 @@ def _batches(stage, start):
 
 def _restore(stage, ckpt):
   """(state, first step): the latest usable checkpoint, or a fresh state."""
-  state = TrainState.create(stage.init_params, stage.step.optimizer, stage.rng)
+  state = stage.step.init_state(stage.init_params, stage.rng)
   if ckpt.latest_step() is None:
     return state, 0
   # The step restored, not the latest on disk: an unusable latest

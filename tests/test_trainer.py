@@ -8,7 +8,9 @@ import sys
 
 import flax.jax_utils
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from PIL import Image
 import pytest
 
@@ -136,6 +138,73 @@ def _crash_at(step_to_crash):
     if step == step_to_crash:
       raise _Crash()
   return hook
+
+
+def _target_run(target_decay, num_steps=3, lr=0.1):
+  """SGD on sum((w - 1)^2 + w * target): the update shows which target
+  network the loss saw. Returns [(params, target)] after each step."""
+  def loss_fn(params, batch, rng, *, target_params):
+    del batch, rng
+    per = jnp.square(params['w'] - 1.) + params['w'] * target_params['w']
+    return per.sum(), per
+
+  step = trainer.make_step(loss_fn, optax.sgd(lr), lambda s: lr,
+                           ema_decay=0., target_decay=target_decay,
+                           devices=jax.local_devices()[:1])
+  state = step.init_state({'w': jnp.asarray([0., 0.5, 2.])},
+                          jax.random.PRNGKey(0))
+  state = trainer.replicate(state, jax.local_devices()[:1])
+  out = []
+  for _ in range(num_steps):
+    state, _ = step(state, jnp.zeros((1, 1)), ())
+    host = jax.device_get(jax.tree.map(lambda a: a[0], state))
+    out.append((host.params['w'], host.target_params['w']))
+  return out
+
+
+@pytest.mark.parametrize('rate', [0., 1., 0.3])
+def test_target_network_moves_at_its_rate(rate):
+  """Rate 0: a copy of the parameters; 1: frozen at the start; between:
+  the moving average. The loss sees the target as it was before the update,
+  and its gradient does not flow into the target."""
+  init = np.asarray([0., 0.5, 2.], np.float32)
+  params, target = init, init
+  for new_params, new_target in _target_run(rate):
+    # d/dw of the loss with the target held fixed.
+    expected = params - 0.1 * (2. * (params - 1.) + target)
+    np.testing.assert_allclose(new_params, expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        new_target, rate * target + (1. - rate) * new_params, rtol=1e-6)
+    params, target = new_params, new_target
+  if rate == 0.:
+    np.testing.assert_array_equal(target, params)
+  if rate == 1.:
+    np.testing.assert_array_equal(target, init)
+
+
+def test_a_state_without_target_restores_from_a_checkpoint_saved_before(
+    tmp_path):
+  """A stage without a target network saves exactly the fields it saved
+  before the state could carry one: a checkpoint of those fields alone (as
+  older code wrote them) restores, and a state with a target round-trips."""
+  optimizer = trainer.make_optimizer(lambda s: 1e-3, grad_clip=1.)
+  params = {'w': np.arange(4, dtype=np.float32)}
+  state = TrainState.create(params, optimizer, jax.random.PRNGKey(0))
+  older = {name: getattr(state, name) for name in (
+      'step', 'params', 'ema_params', 'opt_state', 'rng',
+      'nonfinite_in_a_row')}
+  ckpt = checkpoints.Checkpointer(str(tmp_path / 'c'))
+  ckpt.save(1, older, {'stage': 'teacher'})
+  restored, _, _ = ckpt.restore(state)
+  assert restored.target_params is None
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  np.testing.assert_array_equal(restored.params['w'], params['w'])
+  with_target = TrainState.create(params, optimizer, jax.random.PRNGKey(0),
+                                  with_target=True).replace(
+                                      target_params={'w': -params['w']})
+  ckpt.save(2, with_target, {'stage': 'consistency'})
+  restored, _, _ = ckpt.restore(with_target)
+  np.testing.assert_array_equal(restored.target_params['w'], -params['w'])
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Distills a digits teacher from 64 sampling steps down to 1.
+"""Distills a digits teacher from 16 sampling steps down to 1.
 
   python main.py --config=configs/digits_distill.py --workdir=/tmp/digits
   # or a teacher elsewhere:
@@ -6,7 +6,7 @@
       --config.distill.teacher_checkpoint=/tmp/digits
 
 Without distill.teacher_checkpoint the teacher is the one in the workdir
-(configs/digits_teacher.py). 6 rounds of 600 updates at batch 64 on CPU.
+(configs/digits_teacher.py). 4 rounds of 300 updates at batch 64 on CPU.
 """
 
 from configs import digits_teacher

@@ -198,7 +198,7 @@ def consistency_target(teacher_x_hat_fn, target_x_hat_fn, z_t, logsnr_t,
   return jnp.where(diffusion.bcast(end_is_zero, z_t), last_x_hat, x_tilde)
 
 
-def consistency_loss(params, target_params, teacher_params, batch, rng, *,
+def consistency_loss(params, teacher_params, batch, rng, *, target_params,
                      model_fn, mean_type, weighting, logsnr_fn,
                      num_student_steps, num_teacher_steps):
   """Multistep consistency distillation: CD with one student step, multistep
@@ -206,8 +206,8 @@ def consistency_loss(params, target_params, teacher_params, batch, rng, *,
 
   The student learns, at t on the teacher's grid, the x whose one DDIM step
   lands on t's segment end where the teacher's step to s followed by the
-  target network's (`target_params`, an EMA of the student's, or its copy
-  with gradients stopped) land. Teacher and target run in eval mode; the
+  target network's (`target_params`, a moving average of the student's
+  parameters, or their copy: what trainer.train_step passes) land. Teacher and target run in eval mode; the
   target is computed in float32 with gradients stopped.
   """
   x = batch['image']

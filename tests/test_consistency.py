@@ -32,18 +32,22 @@ def grid_consistency_fn(teacher, num_student_steps, num_teacher_steps):
     i = _grid_index(logsnr_t, num_teacher_steps)
     t, _, t_end, _ = losses.consistency_times(i, num_student_steps,
                                               num_teacher_steps)
-    z, last = z_t, jnp.zeros_like(z_t)
-    for j in range(per_segment):
+
+    def teacher_step(j, carry):
+      z, last = carry
       now = t - j / num_teacher_steps
       active = diffusion.bcast(now > t_end + 0.5 / num_teacher_steps, z)
       x_hat = teacher(z, _logsnr_fn(now))
       step = diffusion.ddim_step(z, x_hat, _logsnr_fn(now),
                                  _logsnr_fn(now - 1. / num_teacher_steps))
-      z, last = jnp.where(active, step, z), jnp.where(active, x_hat, last)
+      return jnp.where(active, step, z), jnp.where(active, x_hat, last)
+
+    z, last = jax.lax.fori_loop(0, per_segment, teacher_step,
+                                (z_t, jnp.zeros_like(z_t)))
     x_tilde = diffusion.ddim_x_target(z_t, z, logsnr_t, _logsnr_fn(t_end))
     return jnp.where(diffusion.bcast(t_end == 0., z_t), last, x_tilde)
 
-  return x_hat_fn
+  return jax.jit(x_hat_fn)
 
 
 def ode_consistency_fn(mean, cov):
@@ -123,8 +127,8 @@ def _loss_setup(num_student_steps, num_teacher_steps):
 
   def loss(student, target, weighting='snr_trunc'):
     return losses.consistency_loss(
-        {'mix': student}, {'mix': target}, {'mix': 0.}, {'image': x},
-        jax.random.PRNGKey(1), model_fn=model_fn, mean_type='x',
+        {'mix': student}, {'mix': 0.}, {'image': x}, jax.random.PRNGKey(1),
+        target_params={'mix': target}, model_fn=model_fn, mean_type='x',
         weighting=weighting, logsnr_fn=_logsnr_fn,
         num_student_steps=num_student_steps,
         num_teacher_steps=num_teacher_steps)[0]

@@ -93,6 +93,7 @@ def test_grayscale_folder_without_classes_is_unconditional(tmp_path):
   assert models.create_model(config).out_ch == 1
 
 
+@pytest.mark.slow
 def test_a_tiny_run_trains_distills_and_samples(classes_dir, tmp_path):
   """preflight records what the folder gives; the teacher and a round of
   distillation train on it; a student samples 8x8 RGB images of a class

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from benchmarks import quickstart
+from benchmarks import quickstart_teachers
 
 
 def _workdir(root, name, scale, seconds, num_steps):
@@ -50,3 +51,15 @@ def test_markdown_table_has_a_row_per_step_count(tmp_path):
   assert lines[2] == '| 1 | 100.0 | 101.0 | 21.0 | 22.0 |'
   assert lines[4] == '| 16 | 6.2 | 7.2 |  |  |'
   assert len(lines) == 5
+
+
+def test_teacher_candidates_keep_their_settings_and_teacher_rows(tmp_path):
+  runs = [_workdir(str(tmp_path), name, scale, 100., steps)
+          for name, scale, steps in (('a', 1.0, 3500), ('b', 2.0, 4000))]
+  out = quickstart_teachers.build(runs, 'two at a time')
+  assert [r['settings']['train.num_steps'] for r in out['runs']] == [3500,
+                                                                       4000]
+  assert out['runs'][0]['settings']['model.mean_type'] is None
+  assert all(len(r['rows']) == 6 for r in out['runs'])  # teacher rows only
+  assert out['runs'][1]['rows'][0]['fd_digits'] == pytest.approx(200.)
+  assert 'two at a time' in out['provenance']['made_with']

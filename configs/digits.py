@@ -1,4 +1,4 @@
-"""The offline quickstart: digits teacher -> distillation 64 -> 1 step -> evaluation.
+"""The offline quickstart: digits teacher -> distillation 16 -> 1 step -> evaluation.
 
   python main.py --config=configs/digits.py --workdir=/tmp/digits
 

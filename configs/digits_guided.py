@@ -72,6 +72,7 @@ def get_config():
   # evaluations per sample to the 200 of all other rows). The rounds of
   # configs/digits.py, 300 updates from 16 steps, are now those too; its
   # last round's 600 updates are not (this benchmark ran 300).
+  config.distill.steps_per_round = 300
   config.distill.last_rounds_multiplier = 1
 
   config.eval.guidance = (0.0, 0.25, 0.5, 1.0)

@@ -32,11 +32,11 @@ def get_config():
   config.model.mean_type = 'v'
 
   config.train.batch_size = 64
-  config.train.num_steps = 3500
+  config.train.num_steps = 3200
   config.train.learning_rate = 1e-3
   config.train.warmup_steps = 200
   # A cosine to 0 at the last step, and a short EMA over the settled end.
-  config.train.decay_steps = 3500
+  config.train.decay_steps = 3200
   config.train.weight_decay = 0.0
   config.train.ema_decay = 0.995
   config.train.log_every_steps = 200
@@ -52,7 +52,8 @@ def get_config():
   # quickstart_candidate_v_digits.json and quickstart_digits.json;
   # BENCHMARKS.md, "The quickstart").
   config.distill.start_num_steps = 16
-  config.distill.steps_per_round = 300
+  config.distill.steps_per_round = 200
+  config.distill.last_rounds_multiplier = 3
   config.distill.long_rounds_max_steps = 1
   config.distill.learning_rate = 2e-4
   config.distill.batch_size = 64

@@ -20,7 +20,6 @@ from ml_collections import config_flags
 
 from configs import base
 from diffusion_distill import cli
-from diffusion_distill import config_checks
 
 FLAGS = flags.FLAGS
 log = logging.getLogger('diffusion_distill.main')
@@ -120,6 +119,7 @@ def main(argv):
   # Imported after configure_logging, which must precede TensorFlow's import.
   import jax  # pylint: disable=g-import-not-at-top
   from diffusion_distill import checkpoints  # pylint: disable=g-import-not-at-top
+  from diffusion_distill import config_checks  # pylint: disable=g-import-not-at-top
   from diffusion_distill import input_pipeline  # pylint: disable=g-import-not-at-top
   from diffusion_distill import preemption  # pylint: disable=g-import-not-at-top
   from diffusion_distill import preflight  # pylint: disable=g-import-not-at-top

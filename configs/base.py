@@ -127,6 +127,29 @@ def _guidance():
   return guidance
 
 
+def _consistency():
+  """Multistep consistency distillation (docs/method.md, section 8): one
+  phase per entry of `phases`, each a student for T sampling steps trained
+  from the previous phase's student (the first from the teacher). A phase's
+  teacher runs on a grid of N steps: teacher_num_steps for the first phase,
+  the previous phase's T after it. CD: phases (1,); multistep CD: (T,);
+  TRACT: decreasing counts ending at 1, e.g. (8, 1)."""
+  consistency = ml_collections.ConfigDict()
+  consistency.phases = (1,)
+  consistency.teacher_num_steps = 64
+  # Updates per phase, each with a fresh Adam whose learning rate decays
+  # linearly to 0 over the phase (as a progressive round's).
+  consistency.num_steps = 50_000
+  consistency.learning_rate = 1e-4
+  consistency.batch_size = 128
+  # The target network's rate: after each update it moves to r * itself +
+  # (1 - r) * the student. 0: a stop-gradient copy of the student; 1: frozen.
+  consistency.target_decay = 0.0
+  # The loss weighting; unset: model.loss_weighting (the teacher's).
+  consistency.loss_weighting = ml_collections.config_dict.placeholder(str)
+  return consistency
+
+
 def _eval():
   ev = ml_collections.ConfigDict()
   ev.num_samples = 50_000
@@ -155,7 +178,7 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
   # Which stages main.py runs, in this order: 'teacher', 'guide' (guided
-  # runs), 'distill', 'eval'.
+  # runs), 'distill' (progressive rounds) or 'consistency', 'eval'.
   config.stages = ('teacher',)
   config.dataset = _dataset()
   config.model = _model()
@@ -163,5 +186,6 @@ def get_config():
   config.train = _train()
   config.distill = _distill()
   config.guidance = _guidance()
+  config.consistency = _consistency()
   config.eval = _eval()
   return config

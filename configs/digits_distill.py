@@ -6,7 +6,8 @@
       --config.distill.teacher_checkpoint=/tmp/digits
 
 Without distill.teacher_checkpoint the teacher is the one in the workdir
-(configs/digits_teacher.py). 4 rounds of 300 updates at batch 64 on CPU.
+(configs/digits_teacher.py). Four rounds of 200 updates at batch 64, the
+last of 600, on CPU.
 """
 
 from configs import digits_teacher

@@ -69,9 +69,9 @@ def get_config():
   # end about a point: from 64 steps the 4-step student had 22.2, from 16 steps
   # 19.7 (BENCHMARKS.md). So the rounds start at 16 and the evaluation
   # samples the teacher at 4 and 16 steps (64 would add 448 network
-  # evaluations per sample to the 200 of all other rows). The rounds of
-  # configs/digits.py, 300 updates from 16 steps, are now those too; its
-  # last round's 600 updates are not (this benchmark ran 300).
+  # evaluations per sample to the 200 of all other rows). Rounds of 300
+  # updates, the last one too: what this benchmark ran (configs/digits.py
+  # has since moved to rounds of 200 and a last one of 600).
   config.distill.steps_per_round = 300
   config.distill.last_rounds_multiplier = 1
 

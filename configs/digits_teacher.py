@@ -5,7 +5,7 @@
 Hardware: any CPU (WORKDIR/timing.json records the time; BENCHMARKS.md,
 "The quickstart", has it measured). A 1.07M-parameter U-Net (ch 32,
 emb_ch 128, ch_mult 1,2, 2 res blocks, no attention), v-prediction with
-truncated-SNR weighting, 3,500 steps at batch 64 whose learning rate decays
+truncated-SNR weighting, 3,200 steps at batch 64 whose learning rate decays
 to 0 at the last step.
 """
 
@@ -26,9 +26,10 @@ def get_config():
   config.model.dropout = 0.0
   # v, not x: at 3,500 steps the v teacher's FD-digits (DDIM / ancestral,
   # 32 steps) was 10.6 / 10.1, an x teacher's 13.3 / 11.5 at 4,000 steps
-  # and 14.4 / 10.0 at the former 6,000 (1,000 samples, seed 0:
-  # benchmarks/results/quickstart_teachers_digits.json and
-  # quickstart_digits.json; BENCHMARKS.md, "The quickstart").
+  # and 14.4 / 10.0 at the former 6,000; at 3,200 steps the v teacher's is
+  # 10.1 / 10.3 (1,000 samples, seed 0: benchmarks/results/
+  # quickstart_teachers_digits.json and quickstart_digits.json;
+  # BENCHMARKS.md, "The quickstart").
   config.model.mean_type = 'v'
 
   config.train.batch_size = 64
@@ -45,12 +46,13 @@ def get_config():
   config.train.num_grid_samples = 100
   config.train.grid_sample_steps = 64
 
-  # Rounds of 300 updates from 16 steps to 1 (the guided quickstart's), the
-  # last one twice as long (base's multiplier 2, for the 1-step round only):
-  # with 300 updates it gave a 1-step student of FD-digits 25.6, with 600
-  # 21.5 (1,000 samples, seed 0: benchmarks/results/
-  # quickstart_candidate_v_digits.json and quickstart_digits.json;
-  # BENCHMARKS.md, "The quickstart").
+  # Four rounds from 16 steps to 1, of 200 updates, the last of 600 (the
+  # multiplier 3, for the 1-step round only). From the 3,500-step teacher,
+  # rounds of 300 gave a 1-step student of FD-digits 25.6 with a last round
+  # of 300 and 21.5 with one of 600; from this teacher, these rounds give
+  # 20.7 (1,000 samples, seed 0: benchmarks/results/
+  # quickstart_candidate_v_digits.json, quickstart_candidate_v3500_digits.json
+  # and quickstart_digits.json; BENCHMARKS.md, "The quickstart").
   config.distill.start_num_steps = 16
   config.distill.steps_per_round = 200
   config.distill.last_rounds_multiplier = 3

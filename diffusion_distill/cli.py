@@ -17,7 +17,7 @@ from absl import logging as absl_logging
 import ml_collections
 from ml_collections import config_flags
 
-from diffusion_distill import config_checks
+from diffusion_distill import field_checks
 
 FLAGS = flags.FLAGS
 
@@ -198,8 +198,8 @@ def check_known_fields(config, schema, argv):
   config) lacks: a misspelling in a config file, with the line of the file
   that sets it when it is there."""
   try:
-    config_checks.check_known_fields(config, schema)
-  except config_checks.UnknownFieldError as e:
+    field_checks.check_known_fields(config, schema)
+  except field_checks.UnknownFieldError as e:
     path = config_file(argv)
     line = path and line_setting(path, e.field)
     exit_with(f'--config={path}, line {line}: {e}' if line else e, 2)

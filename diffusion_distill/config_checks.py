@@ -1,64 +1,39 @@
 """Checks of a config's values: one place for each, before anything runs.
 
 Every check raises ConfigError, one line naming the field, its value and the
-fix. Nothing here needs devices, data, files or JAX: those checks (the batch
+fix. Nothing here needs devices, data or files: those checks (the batch
 over the devices, the data set on disk, checkpoints, Inception weights) are
-preflight's, on the machine that runs the work.
+preflight's, on the machine that runs the work. A registered stage's
+section (stages/) is checked by its own module, so this module imports the
+stages: what only parses flags (cli, sample.py) uses field_checks.
 """
 
-import difflib
 import json
 import math
 import os
 
 from diffusion_distill import dataset_info
 from diffusion_distill import diffusion
+from diffusion_distill import field_checks
 from diffusion_distill import models
 from diffusion_distill import samplers
 from diffusion_distill import schedules
+from diffusion_distill import stages as stages_lib
 from diffusion_distill.models import unet
 
-STAGES = ('teacher', 'guide', 'distill', 'eval')
+# The order config.stages runs in: the registered stages (stages/) distil
+# the teacher, as the rounds do, before evaluation.
+STAGES = ('teacher', 'guide', 'distill', *stages_lib.REGISTRY, 'eval')
 
 
-class ConfigError(ValueError):
-  """A config value is wrong; the message names the field, value and fix."""
-
-
-class UnknownFieldError(ConfigError):
-  """A config has a field the schema lacks; `field` is its dotted path."""
-
-  def __init__(self, message, field):
-    super().__init__(message)
-    self.field = field
-
-
-def require(cond, field, value, fix):
-  """Raises ConfigError `config.FIELD=VALUE is invalid: FIX` unless `cond`."""
-  if not cond:
-    raise ConfigError(f'config.{field}={value!r} is invalid: {fix}')
-
-
-def _is_int(v):
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and (
-      math.isfinite(v))
-
-
-def _positive(v):
-  return _is_number(v) and v > 0
-
-
-def _non_negative(v):
-  return _is_number(v) and v >= 0
-
-
-# Step counts, batch sizes and other counts are int32 where they meet JAX
-# (TrainState.step, the samplers' step count).
-INT32_MAX = 2**31 - 1
+ConfigError = field_checks.ConfigError
+UnknownFieldError = field_checks.UnknownFieldError
+require = field_checks.require
+_is_int = field_checks.is_int
+_is_number = field_checks.is_number
+_non_negative = field_checks.non_negative
+INT32_MAX = field_checks.INT32_MAX
+check_known_fields = field_checks.check_known_fields
 # Beyond these the cosine schedule's exp(-logsnr / 2), in float32, leaves
 # the normal range (it overflows at -177 and underflows at 104).
 LOGSNR_LIMIT = 100.
@@ -70,19 +45,10 @@ MAX_RES_BLOCKS = 100
 MAX_PREFETCH = 1000
 
 
-def _count(low):
-  """An integer in [low, INT32_MAX]."""
-  return lambda v: _is_int(v) and low <= v <= INT32_MAX
-
-
-def _rate(v):
-  """A learning rate: Adam moves each parameter by about this much per
-  update, so above 1 it jumps further than a parameter's scale."""
-  return _is_number(v) and 0 < v <= 1
-
-
-_COUNT = f'must be a positive integer up to {INT32_MAX} (int32)'
-_COUNT_OR_0 = f'must be 0 or a positive integer up to {INT32_MAX} (int32)'
+_count = field_checks.count
+_rate = field_checks.rate
+_COUNT = field_checks.COUNT
+_COUNT_OR_0 = field_checks.COUNT_OR_0
 
 # field -> (test, fix). Fields with a choice of names are in _CHOICES, fields
 # that depend on each other in the _check_* functions below.
@@ -181,7 +147,10 @@ def check_config(config, schema=None):
   for field, choices in _CHOICES.items():
     value = _get(config, field)
     require(value in choices, field, value, f'use one of {choices}')
-  for field, (test, fix) in _RANGES.items():
+  ranges = dict(_RANGES)
+  for stage in stages_lib.REGISTRY.values():
+    ranges.update(stage.RANGES)
+  for field, (test, fix) in ranges.items():
     value = _get(config, field)
     require(test(value), field, value, fix)
   _check_dataset(config)
@@ -191,21 +160,9 @@ def check_config(config, schema=None):
   _check_schedule(config)
   _check_distill(config)
   _check_guidance(config)
+  for stage in stages_lib.REGISTRY.values():
+    stage.check(config)
   _check_eval(config)
-
-
-def check_known_fields(config, schema, prefix='config'):
-  """Raises ConfigError for a field of `config` that `schema` does not have."""
-  for key in config.keys():
-    if key not in schema:
-      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
-      hint = (f'did you mean {prefix}.{close[0]}?' if close else
-              f'the fields there are {", ".join(sorted(schema.keys()))}')
-      raise UnknownFieldError(
-          f'{prefix}.{key} is not a config field: {hint}',
-          f'{prefix}.{key}'.removeprefix('config.'))
-    if hasattr(schema[key], 'keys') and hasattr(config[key], 'keys'):
-      check_known_fields(config[key], schema[key], f'{prefix}.{key}')
 
 
 def _check_stages(config):
@@ -470,8 +427,10 @@ def check_batch_divides(config, num_devices, num_local_devices=None):
   """The batches of the stages that run must divide over the devices (the
   evaluation's over the local ones, unless `num_local_devices` is None)."""
   stages = tuple(config.stages)
-  for section, stage in (('train', 'teacher'), ('guidance', 'guide'),
-                         ('distill', 'distill')):
+  sections = [('train', 'teacher'), ('guidance', 'guide'),
+              ('distill', 'distill')] + [
+                  (s.SECTION, name) for name, s in stages_lib.REGISTRY.items()]
+  for section, stage in sections:
     n = config[section].batch_size
     if stage in stages:
       require(n % num_devices == 0, f'{section}.batch_size', n,
@@ -494,8 +453,9 @@ def check_teacher_choice(config, workdir):
   """A teacher trained in this run is the one distillation and eval use."""
   stages = tuple(config.stages)
   path = config.distill.teacher_checkpoint
-  if path and 'teacher' in stages and (
-      'distill' in stages or 'eval' in stages) and not _is_under(path, workdir):
+  users = ('distill', 'eval', *stages_lib.REGISTRY)
+  if path and 'teacher' in stages and any(s in stages for s in users) and (
+      not _is_under(path, workdir)):
     raise ConfigError(
         f'config.distill.teacher_checkpoint={path!r} is invalid with '
         f'config.stages={stages}: the teacher trained in --workdir={workdir} '
@@ -529,6 +489,8 @@ _FROZEN_ONCE_STARTED = {
                 'distill.batch_size', 'distill.grad_clip',
                 'distill.loss_weighting'),
 }
+_FROZEN_ONCE_STARTED.update(
+    {name: s.FROZEN for name, s in stages_lib.REGISTRY.items()})
 _MAY_ALWAYS_CHANGE = ('model.dtype',)
 # Fields added since workdirs were first written, with the value that a
 # config.json without them trained with.

@@ -8,6 +8,9 @@
                                            takes w (stage 1), the same inside
   WORKDIR/distill/student_NNNNN/...        one per round, the same inside;
                                            NNNNN = the student's steps
+  WORKDIR/STAGE/student_NNNNN/...          the same for the students of
+                                           another distillation stage
+                                           (stages/: 'consistency')
   WORKDIR/eval/results.{csv,json}, quality_vs_steps.png, reference_*.npz
   WORKDIR/timing.json                      each stage's time, rate, memory
                                            and the machine (timing.py)
@@ -56,23 +59,41 @@ def guide_dir(workdir):
 _ROUND = 'student_'
 
 
+def student_dir(workdir, stage, num_student_steps):
+  """The directory of `stage`'s student for `num_student_steps` steps."""
+  return os.path.join(workdir, stage, f'{_ROUND}{num_student_steps:05d}')
+
+
 def round_dir(workdir, num_student_steps):
-  return os.path.join(workdir, DISTILL, f'{_ROUND}{num_student_steps:05d}')
+  return student_dir(workdir, DISTILL, num_student_steps)
 
 
-def round_checkpoint_dirs(workdir):
-  """[(num_sample_steps, checkpoint dir)] of the rounds with a checkpoint
-  directory in `workdir`, finished or not, most steps first."""
-  parent = epath.Path(workdir) / DISTILL
-  if not parent.is_dir():
-    return []
+def _student_paths(workdir, stage=None):
+  """[(num_sample_steps, path)] of the student directories of `stage` (any
+  stage's if None): WORKDIR/STAGE/student_NNNNN."""
+  root = epath.Path(workdir)
+  if stage is not None:
+    parents = [root / stage]
+  else:
+    parents = sorted(root.iterdir()) if root.is_dir() else []
   out = []
-  for path in parent.iterdir():
-    steps = path.name.removeprefix(_ROUND)
-    if path.name.startswith(_ROUND) and steps.isdigit() and (
-        path / 'checkpoints').is_dir():
-      out.append((int(steps), checkpoint_dir(os.fspath(path))))
-  return sorted(out, reverse=True)
+  for parent in parents:
+    if not parent.is_dir():
+      continue
+    for path in parent.iterdir():
+      steps = path.name.removeprefix(_ROUND)
+      if path.name.startswith(_ROUND) and steps.isdigit() and path.is_dir():
+        out.append((int(steps), path))
+  return out
+
+
+def round_checkpoint_dirs(workdir, stage=DISTILL):
+  """[(num_sample_steps, checkpoint dir)] of `stage`'s students (the
+  rounds by default) with a checkpoint directory in `workdir`, finished or
+  not, most steps first."""
+  return sorted(((n, checkpoint_dir(os.fspath(path)))
+                 for n, path in _student_paths(workdir, stage)
+                 if (path / 'checkpoints').is_dir()), reverse=True)
 
 
 def eval_dir(workdir):
@@ -127,16 +148,16 @@ def stage_checkpoint_dir(path):
 
 
 def started_stages(workdir):
-  """{'teacher', 'guide', 'distill'}: the stages with a checkpoint there."""
+  """{'teacher', 'guide', 'distill', ...}: the stages with a checkpoint
+  there (a stage of students is named by their directory's parent)."""
   started = set()
   if stage_checkpoint_dir(teacher_dir(workdir)) is not None:
     started.add(TEACHER)
   if stage_checkpoint_dir(checkpoint_dir(guide_dir(workdir))) is not None:
     started.add(GUIDE)
-  parent = epath.Path(workdir) / DISTILL
-  if parent.is_dir() and any(stage_checkpoint_dir(p) is not None
-                             for p in parent.iterdir()):
-    started.add(DISTILL)
+  for _, path in _student_paths(workdir):
+    if stage_checkpoint_dir(path) is not None:
+      started.add(path.parent.name)
   return started
 
 
@@ -179,12 +200,10 @@ def config_from_meta(meta):
 
 
 def finished_students(workdir):
-  """[(num_sample_steps, checkpoint_dir)] of every finished round, most steps first."""
+  """[(num_sample_steps, checkpoint_dir)] of every finished student (of the
+  rounds or another distillation stage), most steps first."""
   out = []
-  parent = epath.Path(workdir) / DISTILL
-  if not parent.is_dir():
-    return out
-  for round_path in parent.iterdir():
+  for _, round_path in _student_paths(workdir):
     d = epath.Path(checkpoint_dir(round_path))
     if not d.is_dir():
       continue

@@ -27,6 +27,7 @@ from diffusion_distill import distill
 from diffusion_distill import guide_stage
 from diffusion_distill import input_pipeline
 from diffusion_distill import models
+from diffusion_distill import stages as stages_lib
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill import teacher_stage
 from diffusion_distill import layout
@@ -48,12 +49,15 @@ class Plan:
   teacher when that exists before the run (trained by an earlier run, or
   distill.teacher_checkpoint); a teacher this run trains is resolved when
   its stage starts. `rounds` is [(student steps, updates)], from the
-  teacher's own step count when it has one.
+  teacher's own step count when it has one; `phases` maps each registered
+  stage that runs (stages/) to its plan, [(student steps, teacher grid,
+  updates)].
   """
   stages: tuple
   teachers: dict
   rounds: list
   num_devices: Optional[int] = None
+  phases: dict = dataclasses.field(default_factory=dict)
 
 
 def devices_line():
@@ -116,6 +120,9 @@ def _stages_to_resume(config, workdir):
   if 'distill' in stages:
     dirs += [(f'round {n}', directory) for n, directory in
              layout.round_checkpoint_dirs(workdir)]
+  for name, stage in stages_lib.REGISTRY.items():
+    if name in stages:
+      dirs += stage.resume_dirs(workdir)
   for name, directory in dirs:
     ckpt = checkpoints.Checkpointer(directory, read_only=True)
     if ckpt.latest_step() is not None:
@@ -184,6 +191,9 @@ def _resolve_teachers(config, workdir):
   trained_here = 'guide' in stages if guided else 'teacher' in stages
   if 'distill' in stages and not trained_here:
     out['distill'] = teacher_lib.resolve(config, workdir, 'distill')
+  for name in stages_lib.REGISTRY:
+    if name in stages and 'teacher' not in stages:
+      out[name] = teacher_lib.resolve(config, workdir, name)
   if 'eval' in stages and 'teacher' not in stages and (
       config.distill.teacher_checkpoint or
       teacher_lib.exists(config, workdir, 'eval')):
@@ -224,11 +234,16 @@ def check_sources(config, workdir):
             'distill.end_num_steps', d.end_num_steps,
             f'{teacher.description} samples in {n} steps, where distillation '
             f'starts: use {n} divided by a power of two')
+  for name, stage in stages_lib.REGISTRY.items():
+    if name in stages:
+      stage.check_teacher(config, teachers.get(name))
   if 'eval' in stages and 'teacher' not in stages:
     if teachers.get('eval') is not None:
       _check_eval_teacher(config, teachers['eval'])
     students = _check_students(config, workdir)
-    if 'eval' not in teachers and not students and 'distill' not in stages:
+    distills = ('distill', *stages_lib.REGISTRY)
+    if 'eval' not in teachers and not students and not any(
+        s in stages for s in distills):
       raise checkpoints.CheckpointError(
           f'nothing to evaluate: --workdir={workdir} has no teacher checkpoint '
           'and no finished student, and config.distill.teacher_checkpoint is '
@@ -260,8 +275,14 @@ def check(config, workdir, *, target=True) -> Plan:
     teacher = teachers.get('distill')
     rounds = distill.config_round_plan(
         config, teacher.num_sample_steps if teacher else None)
+  phases = {}
+  for name, stage in stages_lib.REGISTRY.items():
+    if name in config.stages:
+      teacher = teachers.get(name)
+      phases[name] = stage.phase_plan(
+          config, teacher.num_sample_steps if teacher else None)
   return Plan(stages=tuple(config.stages), teachers=teachers, rounds=rounds,
-              num_devices=num_devices)
+              num_devices=num_devices, phases=phases)
 
 
 def _batch(config, batch_size):
@@ -312,6 +333,8 @@ def _stage_lines(config, plan):
     detail = [f'round {i + 1}: {2 * n} -> {n} sampling steps, {u:,} updates'
               for i, (n, u) in enumerate(plan.rounds)]
     out.append(('distill', updates, d.batch_size, flops, detail))
+  for name, phases in plan.phases.items():
+    out.append(stages_lib.REGISTRY[name].flops_line(config, phases, _batch))
   if 'eval' in plan.stages:
     out.append(_eval_line(config, plan, model, params))
   return out
@@ -325,7 +348,9 @@ def _eval_line(config, plan, model, params):
   # A guided teacher evaluates twice per step at w != 0; a student once.
   teacher = sum(2 if w else 1 for w in ws) * len(e.teacher_samplers) * sum(
       e.sample_steps)
-  students = len(ws) * len(e.student_samplers) * sum(n for n, _ in plan.rounds)
+  student_steps = sum(n for n, _ in plan.rounds) + sum(
+      t for phases in plan.phases.values() for t, _, _ in phases)
+  students = len(ws) * len(e.student_samplers) * student_steps
   evals = teacher + students
   return ('eval', evals * e.num_samples * e.num_seeds, 1,
           _forward_flops(config, model, params),

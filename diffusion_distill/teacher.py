@@ -49,7 +49,7 @@ class Teacher:
   num_sample_steps: Optional[int]
   checkpoint_dir: Optional[str] = None
   params: Any = None
-  is_student: bool = False  # One of our distillation rounds' models.
+  is_student: bool = False  # A distilled student (its meta has a step count).
   takes_guidance: bool = False  # A student of guided distillation.
 
 
@@ -283,7 +283,8 @@ def resolve(config, workdir, stage='distill') -> Teacher:
              models.student_config(config, True) if takes_w else config, what,
              saved_model=saved_config.model)
   return Teacher(what, saved_config, meta.get('num_sample_steps'),
-                 os.fspath(ckpt_dir), is_student=meta.get('stage') == 'distill',
+                 os.fspath(ckpt_dir),
+                 is_student=meta.get('num_sample_steps') is not None,
                  takes_guidance=takes_w)
 
 

@@ -19,6 +19,7 @@ from diffusion_distill import distill
 from diffusion_distill import evaluate
 from diffusion_distill import guide_stage
 from diffusion_distill import preflight
+from diffusion_distill import stages as stages_lib
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill import teacher_stage
 from diffusion_distill import timing
@@ -68,6 +69,8 @@ def train_and_evaluate(config, workdir, plan=None):
                                                 teachers('guide')))
     elif stage == 'distill':
       distill.distill(config, workdir, teachers('distill'))
+    elif stage in stages_lib.REGISTRY:
+      stages_lib.REGISTRY[stage].run(config, workdir, teachers(stage))
     elif stage == 'eval':
       evaluate.evaluate(config, workdir, teachers('eval'))
   timing.record(layout.timing_path(workdir), 'run', time.time() - t0,
@@ -83,8 +86,11 @@ def outputs_summary(workdir):
   eval_dir = epath.Path(layout.eval_dir(workdir))
   lines = [f'results: {p}' for p in [eval_dir / 'results.csv'] if p.exists()]
   lines += [f'plot: {p}' for p in sorted(eval_dir.glob('*.png'))]
+  students = layout.round_checkpoint_dirs(workdir) + [
+      entry for name in stages_lib.REGISTRY
+      for entry in layout.round_checkpoint_dirs(workdir, name)]
   stage_dirs = [layout.teacher_dir(workdir), layout.guide_dir(workdir)] + [
-      os.path.dirname(d) for _, d in layout.round_checkpoint_dirs(workdir)]
+      os.path.dirname(d) for _, d in students]
   for stage_dir in stage_dirs:
     grids = epath.Path(layout.sample_grid_path(stage_dir, 0)).parent
     last = sorted(grids.glob('*.png'))[-1:] if grids.exists() else []

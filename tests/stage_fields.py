@@ -23,7 +23,8 @@ every stage, with a test that shows it acts, or a reason why it does not.
 
 UNCHECKED = object()
 
-STAGES = ('teacher', 'guide', 'distill', 'distill_guided', 'eval')
+STAGES = ('teacher', 'guide', 'distill', 'distill_guided', 'consistency',
+          'eval')
 
 ONE_CHOICE = ('schedule.name',)  # schedules.SCHEDULES has only 'cosine'.
 
@@ -109,6 +110,21 @@ _STAGE1_VALUES = {
     'guidance.learning_rate_schedule': 'constant', 'guidance.batch_size': 16,
     'guidance.ema_decay': 0.5, 'guidance.w_warmup_steps': 10,
 }
+_CONSISTENCY = {
+    'consistency.phases': 'the consistency phases\' step counts',
+    'consistency.teacher_num_steps': 'the consistency phases\' teacher grid',
+    'consistency.num_steps': 'the consistency phases\' lengths',
+    'consistency.learning_rate': 'the consistency phases\' optimizer',
+    'consistency.batch_size': 'the consistency phases\' batch',
+    'consistency.target_decay': 'the consistency phases\' target network',
+    'consistency.loss_weighting': 'the consistency phases\' loss',
+}
+_CONSISTENCY_VALUES = {
+    'consistency.phases': (4, 1), 'consistency.teacher_num_steps': 16,
+    'consistency.num_steps': 8, 'consistency.learning_rate': 1e-3,
+    'consistency.batch_size': 16, 'consistency.target_decay': 0.25,
+    'consistency.loss_weighting': 'snr',
+}
 _EVAL_VALUES = {
     'eval.num_samples': 32, 'eval.batch_size': 16, 'eval.num_reference': 100,
     'eval.sample_steps': (2, 8), 'eval.teacher_samplers': ('ancestral',),
@@ -189,6 +205,25 @@ def acts(stage):
       out['guidance.w_min'] = ('step', 0.5)
       out['guidance.w_max'] = ('step', 2.0)
     return out
+  if stage == 'consistency':
+    return {
+        **_ARCHITECTURE, **_LOOP,
+        # Its base config has v output (x and eps are refused).
+        'model.mean_type': ('step', 'both'),
+        'dataset.class_conditional': ('params', False),
+        # Unset consistency.loss_weighting: the phases take the teacher's.
+        'model.loss_weighting': ('step', 'snr'),
+        'schedule.logsnr_min': ('step', -10.),
+        'schedule.logsnr_max': ('step', 10.),
+        'distill.grad_clip': ('step', 0.5),
+        **{f: ('step', v) for f, v in _CONSISTENCY_VALUES.items()
+           if f in ('consistency.learning_rate', 'consistency.batch_size',
+                    'consistency.target_decay',
+                    'consistency.loss_weighting')},
+        **{f: ('loop', v) for f, v in _CONSISTENCY_VALUES.items()
+           if f in ('consistency.phases', 'consistency.teacher_num_steps',
+                    'consistency.num_steps')},
+    }
   if stage == 'eval':
     return {
         'seed': ('rows', 7),
@@ -213,6 +248,7 @@ def inert(stage):
         'guidance.w_min': ('stage 1\'s and the rounds\' w', 0.5),
         'guidance.w_max': ('stage 1\'s and the rounds\' w', 2.0),
         **_not_read(_STAGE1, _STAGE1_VALUES, 'the teacher'),
+        **_not_read(_CONSISTENCY, _CONSISTENCY_VALUES, 'the teacher'),
         **_not_evaluation('the teacher', guided=False),
     }
   if stage == 'guide':
@@ -227,6 +263,7 @@ def inert(stage):
                                        'the stage is built from the one '
                                        'resolved', UNCHECKED),
         **_not_read(_ROUNDS, _ROUNDS_VALUES, 'stage 1'),
+        **_not_read(_CONSISTENCY, _CONSISTENCY_VALUES, 'stage 1'),
         'guidance.label_dropout': ('the teacher\'s rate: stage 1 reads only '
                                    'that there is a null class', 0.3),
         **_not_evaluation('stage 1'),
@@ -248,6 +285,7 @@ def inert(stage):
                                        'the rounds are built from the one '
                                        'resolved', UNCHECKED),
         **_not_read(_STAGE1, _STAGE1_VALUES, 'the rounds'),
+        **_not_read(_CONSISTENCY, _CONSISTENCY_VALUES, 'the rounds'),
         **_not_evaluation('the rounds', guided=stage == 'distill_guided'),
     }
     if stage == 'distill':
@@ -260,6 +298,31 @@ def inert(stage):
                                        'only that there is a null class',
                                        0.3)
     return out
+  if stage == 'consistency':
+    return {
+        **_NOT_DATA,
+        'model.dropout': ('students train without dropout '
+                          '(models.student_config) and the teacher runs in '
+                          'eval mode', 0.1),
+        **_not_read(_TEACHER_TRAINING, _TEACHER_TRAINING_VALUES,
+                    'the consistency phases'),
+        'train.sample_every_steps': ('each phase draws its grid at its end',
+                                     3),
+        'train.grid_sample_steps': ('a phase\'s grid uses the student\'s own '
+                                    'step count', 8),
+        'distill.teacher_checkpoint': ('chooses the teacher '
+                                       '(teacher.resolve, '
+                                       'test_consistency_stage); the phases '
+                                       'are built from the one resolved',
+                                       UNCHECKED),
+        **_not_read(_ROUNDS, _ROUNDS_VALUES, 'the consistency phases'),
+        **_not_read(_STAGE1, _STAGE1_VALUES, 'the consistency phases'),
+        'guidance.w_min': ('the students of an unguided teacher take no w',
+                           0.5),
+        'guidance.w_max': ('the students of an unguided teacher take no w',
+                           2.0),
+        **_not_evaluation('the consistency phases', guided=False),
+    }
   if stage == 'eval':
     checkpoint = ('each model is built from the config its checkpoint '
                   'recorded')
@@ -292,6 +355,7 @@ def inert(stage):
         'guidance.w_max': ('the students\' range comes from their '
                            'checkpoints', 2.0),
         **_not_read(_STAGE1, _STAGE1_VALUES, 'the evaluation'),
+        **_not_read(_CONSISTENCY, _CONSISTENCY_VALUES, 'the evaluation'),
         'eval.num_reference': ('the digits reference statistics are all '
                                '1,797 images; other data sets read this '
                                'many', 100),
@@ -312,4 +376,7 @@ def refused(stage):
   if stage in ('guide', 'distill_guided', 'eval'):
     # Guidance needs labels.
     out['dataset.class_conditional'] = False
+  if stage == 'consistency':
+    # It distils an unguided teacher only.
+    out['guidance.label_dropout'] = 0.1
   return out

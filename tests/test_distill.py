@@ -3,15 +3,13 @@ and loading a checkpoint in the paper's released format."""
 
 import os
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from diffusion_distill import checkpoints, config_checks, diffusion, distill
-from diffusion_distill import layout, load_sampler, losses, machine, models
+from diffusion_distill import layout, losses, machine, models
 from diffusion_distill import schedules, timing, train
 from diffusion_distill import teacher as teacher_lib
 from tests import gaussian, tiny
@@ -101,37 +99,11 @@ def test_round_plan():
   assert distill.round_plan(4, 4, 10) == []
 
 
-def _paper_checkpoint(path, params, num_sample_steps=None):
-  """A msgpack file laid out like the paper's released train states."""
-  adam = optax.adam(1e-4).init(params)
-  state = {'step': np.int64(1234),
-           'optimizer': {'target': params,
-                         'state': {'step': np.int64(1234),
-                                   'param_states': jax.tree.map(
-                                       lambda a: {'grad_ema': a,
-                                                  'grad_sq_ema': a},
-                                       params)}},
-           'ema_params': params}
-  del adam
-  if num_sample_steps is not None:
-    state['num_sample_steps'] = np.int64(num_sample_steps)
-  with open(path, 'wb') as f:
-    f.write(flax.serialization.msgpack_serialize(state))
-
-
 @pytest.fixture(scope='module')
 def teacher_file(digits_dir, tmp_path_factory):
   """An untrained but non-trivial tiny teacher in the paper's format."""
-  config = tiny.tiny_config(digits_dir)
-  model = models.create_model(config)
-  params = models.init_params(model, config, jax.random.PRNGKey(3))
-  rs = np.random.RandomState(0)
-  params = jax.tree.map(
-      lambda a: (a + 0.05 * rs.normal(size=a.shape)).astype(np.float32),
-      params)
   path = str(tmp_path_factory.mktemp('paper') / 'cifar_original')
-  _paper_checkpoint(path, params, num_sample_steps=8)
-  return path, params
+  return path, tiny.paper_teacher(tiny.tiny_config(digits_dir), path)
 
 
 def _distill_config(digits_dir, teacher_path):
@@ -195,20 +167,9 @@ def test_run_from_8_to_1_leaves_students(straight_run, teacher_file):
     assert meta['num_sample_steps'] == n and meta['stage'] == 'distill'
     assert os.path.exists(os.path.join(layout.round_dir(workdir, n),
                                        'samples', 'step_00000004.png'))
-  # The student moved away from its teacher.
-  diffs = [float(np.max(np.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(final), jax.tree.leaves(teacher_file[1]))]
-  assert max(diffs) > 1e-4
-  sampler = load_sampler(workdir)
-  assert sampler.num_steps == 1
-  for a, b in zip(jax.tree.leaves(sampler.params), jax.tree.leaves(final)):
-    np.testing.assert_array_equal(a, b)
+  sampler = tiny.assert_final_student(workdir, final, teacher_file[1])
   images = sampler.sample(jax.random.PRNGKey(0), 5)
   assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
-
-
-class _Crash(Exception):
-  pass
 
 
 @pytest.mark.slow
@@ -216,22 +177,14 @@ def test_killed_mid_round_resumes_bitwise(digits_dir, teacher_file,
                                           straight_run, tmp_path):
   workdir = str(tmp_path / 'killed')
   config = _distill_config(digits_dir, teacher_file[0])
-  calls = []
-
-  def crash_in_second_round(step):
-    calls.append(step)
-    if len(calls) == 7:  # step 3 of the round to 2 steps (after its ckpt at 2)
-      raise _Crash()
-
-  with pytest.raises(_Crash):
-    distill.distill(config, workdir, step_hook=crash_in_second_round)
+  # Call 7: step 3 of the round to 2 steps (after its checkpoint at 2).
+  with pytest.raises(tiny.Crash):
+    distill.distill(config, workdir, step_hook=tiny.crash_on_call(7))
   two = checkpoints.Checkpointer(
       os.path.join(layout.round_dir(workdir, 2), 'checkpoints'))
   assert two.latest_step() == 2
   assert not os.path.exists(layout.round_dir(workdir, 1))
-  resumed = distill.distill(config, workdir)
-  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight_run[1])):
-    np.testing.assert_array_equal(a, b)
+  tiny.assert_trees_equal(distill.distill(config, workdir), straight_run[1])
   # timing.json: the session that finished a round records it.
   stages = timing.read(layout.timing_path(workdir))['stages']
   assert [(stages[f'distill to {n} steps']['from_step'],

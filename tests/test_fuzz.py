@@ -75,6 +75,8 @@ ACCEPTED = {
                                           'prediction, valid if unwise',
     ('guidance.ema_decay', 'zero'): _ZERO_OFF,
     ('guidance.w_warmup_steps', 'zero'): _ZERO_OFF,
+    ('consistency.target_decay', 'zero'): 'documented: 0 is a stop-gradient '
+                                          'copy of the student',
     ('eval.ancestral_noise_interp', 'zero'): 'the lower variance bound',
     ('eval.guidance', 'zero'): 'w = 0, unguided',
 }

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = 'diffusion_distill'
 
 LAYERS = (
-    ('pure', ('dataset_info', 'schedules', 'diffusion', 'losses', 'samplers',
+    ('pure', ('field_checks', 'dataset_info', 'schedules', 'diffusion', 'losses', 'samplers',
               'train_state', 'models.unet', 'models')),
     ('infrastructure', ('checkpoints', 'machine', 'timing',
                         'datasets.digits', 'datasets',
@@ -24,7 +24,7 @@ LAYERS = (
                         'evaluation')),
     ('model services', ('inference', 'layout', 'teacher')),
     ('stages', ('trainer', 'teacher_stage', 'guide_stage', 'distill',
-                'evaluate')),
+                'stages.consistency', 'stages', 'evaluate')),
     ('orchestration', ('config_checks', 'preflight', 'train', 'cli', '')),
 )
 ORDER = [m for _, modules in LAYERS for m in modules]

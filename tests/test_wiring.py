@@ -1,7 +1,7 @@
 """Every config field a stage reads reaches what the built stage computes.
 
 Each stage (teacher, guide, the rounds of an unguided and of a guided
-teacher, evaluation) is built exactly as train.py builds it, from a tiny
+teacher, the consistency phases, evaluation) is built exactly as train.py builds it, from a tiny
 config. A field that acts (tests/stage_fields.py), set alone to another
 value, must change one component of the built stage:
 
@@ -40,7 +40,7 @@ from diffusion_distill import models
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill import teacher_stage
 from diffusion_distill.evaluation import metrics as metrics_lib
-from diffusion_distill.train_state import TrainState
+from diffusion_distill.stages import consistency
 from tests import stage_fields
 from tests import tiny
 
@@ -68,6 +68,9 @@ def base_config(stage, data_dir, overrides=()):
   config = tiny.tiny_config(data_dir, **{'dataset.class_conditional': True})
   if stage.startswith('distill'):
     config.distill.last_rounds_multiplier = 2  # So that long_rounds_... acts.
+  if stage == 'consistency':
+    config.stages = ('consistency',)
+    config.model.mean_type = 'v'
   if stage in ('guide', 'distill_guided', 'eval'):
     config.guidance.label_dropout = 0.1
     config.eval.guidance = (0.5, 1.0) if stage == 'eval' else (1.0,)
@@ -109,6 +112,12 @@ def build(stage, config, workdir):
                                   takes_guidance=guided)
     rounds = distill.build_rounds(config, workdir, teacher)
     return [rounds.stage(i, teacher.params) for i in range(len(rounds.plan))]
+  if stage == 'consistency':
+    teacher = teacher_lib.Teacher('the wiring teacher', config, None,
+                                  params=_abstract_params(config))
+    phases = consistency.build(config, workdir, teacher)
+    return [phases.stage(i, teacher.params, teacher.params)
+            for i in range(len(phases.plan))]
   teacher = teacher_lib.Teacher('the wiring teacher', config, None)
   return evaluate.plan_rows(config, teacher, STUDENTS)
 
@@ -139,8 +148,8 @@ def _step_program(stage):
   batch = {'image': jax.ShapeDtypeStruct(lead + (per_device,) +
                                          info.image_shape, jnp.float32),
            'label': jax.ShapeDtypeStruct(lead + (per_device,), jnp.int32)}
-  state = jax.eval_shape(lambda p: TrainState.create(
-      p, stage.step.optimizer, stage.rng), stage.init_params)
+  state = jax.eval_shape(lambda p: stage.step.init_state(p, stage.rng),
+                         stage.init_params)
   one = lambda x: jax.ShapeDtypeStruct((1,) + tuple(np.shape(x)),
                                        jnp.result_type(x))
   closed = jax.make_jaxpr(lambda s, b, e: stage.step(s, b, e))(

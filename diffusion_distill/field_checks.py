@@ -40,10 +40,6 @@ def is_number(v):
       math.isfinite(v))
 
 
-def positive(v):
-  return is_number(v) and v > 0
-
-
 def non_negative(v):
   return is_number(v) and v >= 0
 

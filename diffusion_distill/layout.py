@@ -89,8 +89,8 @@ def _student_paths(workdir, stage=None):
 
 def round_checkpoint_dirs(workdir, stage=DISTILL):
   """[(num_sample_steps, checkpoint dir)] of `stage`'s students (the
-  rounds by default) with a checkpoint directory in `workdir`, finished or
-  not, most steps first."""
+  rounds by default, every stage's with None) with a checkpoint directory
+  in `workdir`, finished or not, most steps first."""
   return sorted(((n, checkpoint_dir(os.fspath(path)))
                  for n, path in _student_paths(workdir, stage)
                  if (path / 'checkpoints').is_dir()), reverse=True)

@@ -86,11 +86,9 @@ def outputs_summary(workdir):
   eval_dir = epath.Path(layout.eval_dir(workdir))
   lines = [f'results: {p}' for p in [eval_dir / 'results.csv'] if p.exists()]
   lines += [f'plot: {p}' for p in sorted(eval_dir.glob('*.png'))]
-  students = layout.round_checkpoint_dirs(workdir) + [
-      entry for name in stages_lib.REGISTRY
-      for entry in layout.round_checkpoint_dirs(workdir, name)]
   stage_dirs = [layout.teacher_dir(workdir), layout.guide_dir(workdir)] + [
-      os.path.dirname(d) for _, d in students]
+      os.path.dirname(d)
+      for _, d in layout.round_checkpoint_dirs(workdir, stage=None)]
   for stage_dir in stage_dirs:
     grids = epath.Path(layout.sample_grid_path(stage_dir, 0)).parent
     last = sorted(grids.glob('*.png'))[-1:] if grids.exists() else []

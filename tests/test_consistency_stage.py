@@ -198,6 +198,15 @@ def test_bad_consistency_config_is_one_line(digits_dir, overrides, field,
   assert value in message, message
 
 
+def test_a_batch_the_devices_do_not_divide_is_one_line(digits_dir):
+  config = _config(digits_dir, '/teacher', **{'consistency.batch_size': 6})
+  config_checks.check_config(config)
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.check_batch_divides(config, 4)
+  assert str(e.value).startswith('config.consistency.batch_size=6 is invalid')
+  assert '\n' not in str(e.value)
+
+
 def test_the_valid_config_passes(digits_dir):
   """So that each failure above is its override's."""
   config_checks.check_config(_config(digits_dir, '/teacher'))

@@ -3,6 +3,7 @@ r"""Few-step methods side by side from one teacher: PD, CD, multistep CD, TRACT.
   python main.py --config=configs/digits.py --workdir=/tmp/digits
   python -m benchmarks.methods --teacher=/tmp/digits --root=/tmp/methods \
       [--seeds=0,1,2] [--methods=pd,cd,mcd2,mcd4,mcd8,tract] [--note=...]
+  (variants beside those: --methods=cd_n16,tract3)
 
 Runs main.py once per method and seed, in ROOT/METHOD_seedS, each
 distilling the same teacher (distill.teacher_checkpoint) with the same
@@ -37,10 +38,11 @@ EVALUATIONS_PER_UPDATE = 3
 UPDATES = 1200
 
 
-def _consistency(phases, num_steps=UPDATES, target_decay=0.):
+def _consistency(phases, num_steps=UPDATES, target_decay=0., **more):
   return ('configs/digits_consistency.py', {
       'consistency.phases': phases, 'consistency.num_steps': num_steps,
-      'consistency.target_decay': target_decay})
+      'consistency.target_decay': target_decay,
+      **{f'consistency.{k}': v for k, v in more.items()}})
 
 
 # method -> (config file, {field: value}); each trains UPDATES updates.
@@ -54,6 +56,15 @@ METHODS = {
     # target network's rate.
     'tract': _consistency((8, 1), UPDATES // 2, 0.5),
 }
+# Variants that probe what the 1-step consistency students lack, same
+# budget: the teacher's grid N of PD's first round (16, not 64), and TRACT
+# in three phases (64 -> 16 -> 4 -> 1, 400 updates each).
+VARIANTS = {
+    'cd_n16': _consistency((1,), teacher_num_steps=16),
+    'tract3': _consistency((16, 4, 1), UPDATES // 3, 0.5),
+}
+MAIN = list(METHODS)
+METHODS.update(VARIANTS)
 STAGES = {'pd': 'distill'}
 
 
@@ -143,7 +154,8 @@ def define_flags():
                       'checkpoint (distill.teacher_checkpoint).')
   flags.DEFINE_string('root', None, 'Where each run gets its workdir.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of each method.')
-  flags.DEFINE_list('methods', list(METHODS), 'Methods to run.')
+  flags.DEFINE_list('methods', MAIN, 'Methods to run: '
+                    + ', '.join(METHODS) + '.')
   flags.DEFINE_string('out', 'benchmarks/results/methods_digits.json',
                       'The JSON to write; the table and plot go beside it.')
   flags.DEFINE_string('note', '', 'Added to the provenance.')

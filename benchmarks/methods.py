@@ -56,12 +56,15 @@ METHODS = {
     # target network's rate.
     'tract': _consistency((8, 1), UPDATES // 2, 0.5),
 }
-# Variants that probe what the 1-step consistency students lack, same
-# budget: the teacher's grid N of PD's first round (16, not 64), and TRACT
-# in three phases (64 -> 16 -> 4 -> 1, 400 updates each).
+# Variants that probe what the 1-step consistency students lack: at the
+# same budget, the teacher's grid N of PD's first round (16, not 64) or 8,
+# and TRACT in three phases (64 -> 16 -> 4 -> 1, 400 updates each).
 VARIANTS = {
     'cd_n16': _consistency((1,), teacher_num_steps=16),
+    'cd_n8': _consistency((1,), teacher_num_steps=8),
     'tract3': _consistency((16, 4, 1), UPDATES // 3, 0.5),
+    # Three times the budget: does more training close the 1-step gap?
+    'cd_n16_x3': _consistency((1,), 3 * UPDATES, teacher_num_steps=16),
 }
 MAIN = list(METHODS)
 METHODS.update(VARIANTS)
@@ -94,12 +97,20 @@ def run(method, seed, teacher, root):
   return workdir
 
 
+def updates_of(method):
+  """The updates a method's run trains: every phase's, or the rounds'."""
+  fields = METHODS[method][1]
+  if 'consistency.phases' not in fields:
+    return UPDATES
+  return len(fields['consistency.phases']) * fields['consistency.num_steps']
+
+
 def rows_of(method, workdir):
   """The students' rows of one run, as the benchmark records them."""
   r = quickstart.read_run(workdir)
   return [{'method': method, 'num_steps': row['num_steps'],
            'seed': row['seed'], 'fd_digits': row['fd_digits'],
-           'updates': UPDATES,
+           'updates': updates_of(method),
            'network_evaluations': EVALUATIONS_PER_UPDATE}
           for row in r['rows'] if row['model'] == 'student']
 

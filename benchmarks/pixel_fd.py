@@ -23,6 +23,7 @@ from benchmarks import provenance
 from configs import digits_quality
 from diffusion_distill import input_pipeline
 from diffusion_distill import layout
+from diffusion_distill.stages import distill
 from diffusion_distill.evaluation import frechet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def measure(workdir):
   real = _stats(input_pipeline.load_all_images(config))
   rows = [('teacher', layout.checkpoint_dir(layout.teacher_dir(workdir)), n)
           for n in (128, 4, 1)]
-  rows += [('student', layout.checkpoint_dir(layout.round_dir(workdir, n)), n)
+  rows += [('student', layout.checkpoint_dir(distill.student_dir(workdir, n)), n)
            for n in (4, 1)]
   out = []
   for model, source, n in rows:

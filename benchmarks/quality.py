@@ -4,7 +4,7 @@ r"""Quality benchmark: FD-digits of the digits teacher and its students.
   python -m benchmarks.quality --workdir=/tmp/quality
 
 Reads WORKDIR/eval/results.json (written by the eval stage,
-diffusion_distill/evaluate.py) and writes, by default under
+diffusion_distill/stages/evaluate.py) and writes, by default under
 benchmarks/results/:
 
   quality_digits.json  (--out)   its provenance (benchmarks/provenance.py)

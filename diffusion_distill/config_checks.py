@@ -3,9 +3,9 @@
 Every check raises ConfigError, one line naming the field, its value and the
 fix. Nothing here needs devices, data or files: those checks (the batch
 over the devices, the data set on disk, checkpoints, Inception weights) are
-preflight's, on the machine that runs the work. A registered stage's
-section (stages/) is checked by its own module, so this module imports the
-stages: what only parses flags (cli, sample.py) uses field_checks.
+preflight's, on the machine that runs the work. Each stage's section
+(stages/) is checked by its own module, so this module imports the stages:
+what only parses flags (cli, sample.py) uses field_checks.
 """
 
 import json
@@ -16,14 +16,15 @@ from diffusion_distill import dataset_info
 from diffusion_distill import diffusion
 from diffusion_distill import field_checks
 from diffusion_distill import models
-from diffusion_distill import samplers
 from diffusion_distill import schedules
 from diffusion_distill import stages as stages_lib
 from diffusion_distill.models import unet
 
-# The order config.stages runs in: the registered stages (stages/) distil
-# the teacher, as the rounds do, before evaluation.
-STAGES = ('teacher', 'guide', 'distill', *stages_lib.REGISTRY, 'eval')
+
+
+def stage_order():
+  """The stages config.stages may name, in the order they run (stages/)."""
+  return tuple(stages_lib.REGISTRY)
 
 
 ConfigError = field_checks.ConfigError
@@ -50,8 +51,9 @@ _rate = field_checks.rate
 _COUNT = field_checks.COUNT
 _COUNT_OR_0 = field_checks.COUNT_OR_0
 
-# field -> (test, fix). Fields with a choice of names are in _CHOICES, fields
-# that depend on each other in the _check_* functions below.
+# field -> (test, fix) of the fields of no stage's section (each stage's are
+# its RANGES). Fields with a choice of names are in _CHOICES, fields that
+# depend on each other in the _check_* functions below and the stages'.
 _RANGES = {
     'seed': (lambda v: _is_int(v) and 0 <= v < 2**31,
              'use an integer in [0, 2**31)'),
@@ -67,55 +69,6 @@ _RANGES = {
                              '(the paper uses 3)'),
     'model.dropout': (lambda v: _is_number(v) and 0 <= v < 1,
                       'use a value in [0, 1)'),
-    'train.batch_size': (_count(1), _COUNT),
-    'train.num_steps': (_count(1), _COUNT),
-    'train.learning_rate': (_rate, 'use a value in (0, 1] (Adam moves each '
-                            'parameter by about this much per update)'),
-    'train.warmup_steps': (_count(0), _COUNT_OR_0),
-    'train.decay_steps': (_count(0), _COUNT_OR_0),
-    'train.weight_decay': (lambda v: _is_number(v) and 0 <= v <= 1,
-                           'use a value in [0, 1] (each update multiplies a '
-                           'parameter by 1 - learning_rate x weight_decay)'),
-    'train.ema_decay': (lambda v: _is_number(v) and 0 <= v < 1,
-                        'use a value in [0, 1)'),
-    'train.grad_clip': (_non_negative, 'must be 0 (no clipping) or positive'),
-    'train.max_nonfinite_in_a_row': (_count(0), _COUNT_OR_0 +
-                                     ' (0: never stop)'),
-    'train.log_every_steps': (_count(1), _COUNT),
-    'train.checkpoint_every_steps': (
-        _count(1), _COUNT + ' (the last step is always saved too)'),
-    'train.sample_every_steps': (_count(0), _COUNT_OR_0 +
-                                 ' (0: no sample grids)'),
-    'train.num_grid_samples': (_count(1), _COUNT),
-    'train.grid_sample_steps': (_count(1), _COUNT),
-    'distill.start_num_steps': (_count(1), _COUNT),
-    'distill.end_num_steps': (_count(1), _COUNT),
-    'distill.steps_per_round': (_count(1), _COUNT),
-    'distill.last_rounds_multiplier': (_count(1), _COUNT),
-    'distill.long_rounds_max_steps': (_count(1), _COUNT),
-    'distill.learning_rate': (_rate, 'use a value in (0, 1] (Adam moves each '
-                              'parameter by about this much per update)'),
-    'distill.batch_size': (_count(1), _COUNT),
-    'distill.grad_clip': (_non_negative, 'must be 0 (no clipping) or positive'),
-    'eval.num_samples': (_count(2), f'use 2 (a Frechet distance needs at '
-                         f'least 2 samples) to {INT32_MAX} (int32)'),
-    'eval.batch_size': (_count(1), _COUNT),
-    'eval.num_reference': (_count(2), f'use 2 (reference statistics need at '
-                           f'least 2 images) to {INT32_MAX} (int32)'),
-    'eval.ancestral_noise_interp': (lambda v: _is_number(v) and 0 <= v <= 1,
-                                    'use a value in [0, 1]'),
-    'eval.num_seeds': (_count(1), _COUNT),
-    'guidance.label_dropout': (lambda v: _is_number(v) and 0 <= v < 1,
-                               'use a value in [0, 1) (0: no guidance)'),
-    'guidance.w_min': (_non_negative, 'must be 0 or positive'),
-    'guidance.w_max': (_non_negative, 'must be 0 or positive'),
-    'guidance.num_steps': (_count(1), _COUNT),
-    'guidance.learning_rate': (_rate, 'use a value in (0, 1] (Adam moves each '
-                               'parameter by about this much per update)'),
-    'guidance.batch_size': (_count(1), _COUNT),
-    'guidance.ema_decay': (lambda v: _is_number(v) and 0 <= v < 1,
-                           'use a value in [0, 1) (0: no EMA)'),
-    'guidance.w_warmup_steps': (_count(0), _COUNT_OR_0 + ' (0: no warm-up)'),
 }
 
 _CHOICES = {
@@ -154,26 +107,21 @@ def check_config(config, schema=None):
     value = _get(config, field)
     require(test(value), field, value, fix)
   _check_dataset(config)
-  _check_decay(config)
-  _check_dispatch(config)
   _check_model(config)
   _check_schedule(config)
-  _check_distill(config)
-  _check_guidance(config)
   for stage in stages_lib.REGISTRY.values():
     stage.check(config)
-  _check_eval(config)
 
 
 def _check_stages(config):
-  stages = tuple(config.stages)
-  require(stages, 'stages', stages, f'name at least one of {STAGES}')
+  stages, order = tuple(config.stages), stage_order()
+  require(stages, 'stages', stages, f'name at least one of {order}')
   for s in stages:
-    require(s in STAGES, 'stages', stages,
-            f'each stage must be one of {STAGES}')
+    require(s in order, 'stages', stages,
+            f'each stage must be one of {order}')
   require(len(set(stages)) == len(stages) and list(stages) == sorted(
-      stages, key=STAGES.index), 'stages', stages,
-          f'name each stage once, in the order {STAGES}')
+      stages, key=order.index), 'stages', stages,
+          f'name each stage once, in the order {order}')
 
 
 # An image folder's images are resized to at most this side.
@@ -223,40 +171,6 @@ def _check_dataset(config):
           'give a directory, or leave it unset for TFDS_DATA_DIR')
 
 
-def _check_decay(config):
-  t = config.train
-  require(not t.decay_steps or t.decay_steps > t.warmup_steps,
-          'train.decay_steps', t.decay_steps,
-          f'the decay starts after train.warmup_steps={t.warmup_steps}: use '
-          'a larger value (e.g. train.num_steps), or 0 for no decay')
-  require(not t.decay_steps or t.decay_steps >= t.num_steps,
-          'train.decay_steps', t.decay_steps,
-          f'the learning rate would be 0 for the last '
-          f'{t.num_steps - t.decay_steps} of train.num_steps={t.num_steps}, '
-          'which would change nothing: set it to train.num_steps (a teacher '
-          'that has started needs a new --workdir), or 0 for no decay')
-
-
-def _check_dispatch(config):
-  """Every step count the loop stops at must be a multiple of k."""
-  t, d = config.train, config.distill
-  k = t.steps_per_dispatch
-  require(_is_int(k) and k > 0, 'train.steps_per_dispatch', k,
-          'must be a positive integer')
-  counts = [('train.num_steps', t.num_steps),
-            ('train.log_every_steps', t.log_every_steps),
-            ('train.checkpoint_every_steps', t.checkpoint_every_steps),
-            ('train.sample_every_steps', t.sample_every_steps),
-            ('distill.steps_per_round', d.steps_per_round),
-            ('distill.steps_per_round * distill.last_rounds_multiplier',
-             d.steps_per_round * d.last_rounds_multiplier)]
-  for field, n in counts:
-    require(n % k == 0, field, n,
-            f'must be a multiple of train.steps_per_dispatch={k} (logging, '
-            'checkpoints and the end of a stage fall between dispatches of '
-            f'{k} steps): use {max(k, n - n % k)} or {n - n % k + k}')
-
-
 def _widths_fail(ch, ch_mult, num_res_blocks):
   return [w for w in unet.group_norm_widths(ch, ch_mult, num_res_blocks)
           if unet.num_groups(w) is None]
@@ -276,9 +190,8 @@ def _check_model(config):
   info = dataset_info.of(config)
   require(m.guidance_embedding is False, 'model.guidance_embedding',
           m.guidance_embedding,
-          "the guided stages give their students the w input themselves "
-          "('guide' and the rounds after it, with guidance.label_dropout > 0): "
-          'leave it False')
+          'the guided stages give their students the w input themselves '
+          '(with guidance.label_dropout > 0): leave it False')
   require(_is_int(m.ch) and m.ch >= 4 and m.ch % 2 == 0, 'model.ch', m.ch,
           'use an even width of at least 4 (the time embedding has ch '
           'features)')
@@ -340,106 +253,20 @@ def _check_schedule(config):
           '-20 and 20)')
 
 
-def _is_power_of_two(n):
-  return n >= 1 and (n & (n - 1)) == 0
-
-
-def halves_to(start, end):
-  """Whether `start` is `end` times a power of two (each round halves)."""
-  return start % end == 0 and _is_power_of_two(start // end)
-
-
-def _check_distill(config):
-  d = config.distill
-  require(d.steps_per_round * d.last_rounds_multiplier <= INT32_MAX,
-          'distill.last_rounds_multiplier', d.last_rounds_multiplier,
-          f'the last rounds would run distill.steps_per_round='
-          f'{d.steps_per_round} times it, over {INT32_MAX} updates (int32)')
-  require(halves_to(d.start_num_steps, d.end_num_steps),
-          'distill.start_num_steps', d.start_num_steps,
-          f'must be distill.end_num_steps={d.end_num_steps} times a power of '
-          'two (each round halves the steps)')
-  require(d.loss_weighting is None or
-          d.loss_weighting in diffusion.LOSS_WEIGHTINGS,
-          'distill.loss_weighting', d.loss_weighting,
-          f'use one of {diffusion.LOSS_WEIGHTINGS}, or leave it unset for '
-          'model.loss_weighting')
-  require(d.teacher_checkpoint is None or (
-      isinstance(d.teacher_checkpoint, str) and d.teacher_checkpoint),
-          'distill.teacher_checkpoint', d.teacher_checkpoint,
-          'give a path, or leave it unset for the teacher in --workdir')
-  if 'distill' in config.stages:
-    require(config.model.mean_type != 'eps', 'model.mean_type',
-            config.model.mean_type,
-            "eps is unstable for distillation (x_hat = (z - sigma eps)/alpha "
-            "as alpha -> 0); use 'x', 'v' or 'both'")
-
-
-def _check_eval(config):
-  e = config.eval
-  steps = tuple(e.sample_steps)
-  require(steps and all(_is_int(n) and 0 < n <= INT32_MAX for n in steps),
-          'eval.sample_steps', steps,
-          f'give positive step counts up to {INT32_MAX} (int32), e.g. (1, 4)')
-  for field in ('teacher_samplers', 'student_samplers'):
-    names = tuple(e[field])
-    require(names and all(s in samplers.SAMPLERS for s in names),
-            f'eval.{field}', names,
-            f'each sampler must be one of {samplers.SAMPLERS}')
-  require(isinstance(e.inception_weights, str), 'eval.inception_weights',
-          e.inception_weights, 'give a path, or leave it empty for the default')
-
-
-def _check_guidance(config):
-  """Guidance needs labels and label dropout; w is sampled where learned."""
-  g = config.guidance
-  stages = tuple(config.stages)
-  if g.label_dropout:
-    require(config.dataset.class_conditional, 'guidance.label_dropout',
-            g.label_dropout,
-            'classifier-free guidance needs a class-conditional model: set '
-            '--config.dataset.class_conditional=True on a data set with '
-            'labels, or --config.guidance.label_dropout=0')
-  require('guide' not in stages or g.label_dropout > 0, 'stages', stages,
-          "stage 'guide' distills a guided teacher: set "
-          '--config.guidance.label_dropout (e.g. 0.1) for the teacher')
-  require(g.w_min <= g.w_max, 'guidance.w_min', g.w_min,
-          f'must not exceed guidance.w_max={g.w_max}')
-  require(g.num_steps % config.train.steps_per_dispatch == 0,
-          'guidance.num_steps', g.num_steps,
-          f'must be a multiple of train.steps_per_dispatch='
-          f'{config.train.steps_per_dispatch}')
-  ws = tuple(config.eval.guidance)
-  require(ws and all(_is_number(w) for w in ws), 'eval.guidance', ws,
-          'give guidance strengths, e.g. (0.0, 1.0)')
-  if any(ws) and not g.label_dropout:
-    raise ConfigError(
-        f'config.eval.guidance={ws} is invalid: guidance needs a model '
-        'trained with label dropout (config.guidance.label_dropout > 0); '
-        'use (0.0,)')
-  if g.label_dropout:
-    require(all(g.w_min <= w <= g.w_max for w in ws), 'eval.guidance', ws,
-            f'the students learn w in [{g.w_min}, {g.w_max}] '
-            '(config.guidance.w_min, w_max): use w in that range')
-
-
 def check_batch_divides(config, num_devices, num_local_devices=None):
   """The batches of the stages that run must divide over the devices (the
   evaluation's over the local ones, unless `num_local_devices` is None)."""
-  stages = tuple(config.stages)
-  sections = [('train', 'teacher'), ('guidance', 'guide'),
-              ('distill', 'distill')] + [
-                  (s.SECTION, name) for name, s in stages_lib.REGISTRY.items()]
-  for section, stage in sections:
-    n = config[section].batch_size
-    if stage in stages:
-      require(n % num_devices == 0, f'{section}.batch_size', n,
+  for name in config.stages:
+    stage = stages_lib.REGISTRY[name]
+    field = f'{stage.SECTION}.batch_size'
+    n = config[stage.SECTION].batch_size
+    if not stage.LOCAL_BATCH:
+      require(n % num_devices == 0, field, n,
               f'must divide over the {num_devices} devices: use a multiple '
               f'of {num_devices}')
-  if 'eval' in stages and num_local_devices is not None:
-    n = config.eval.batch_size
-    require(n % num_local_devices == 0, 'eval.batch_size', n,
-            f'must divide over the {num_local_devices} local devices')
+    elif num_local_devices is not None:
+      require(n % num_local_devices == 0, field, n,
+              f'must divide over the {num_local_devices} local devices')
 
 
 def _is_under(path, workdir):
@@ -453,13 +280,16 @@ def check_teacher_choice(config, workdir):
   """A teacher trained in this run is the one distillation and eval use."""
   stages = tuple(config.stages)
   path = config.distill.teacher_checkpoint
-  users = ('distill', 'eval', *stages_lib.REGISTRY)
-  if path and 'teacher' in stages and any(s in stages for s in users) and (
-      not _is_under(path, workdir)):
+  if not path or _is_under(path, workdir):
+    return
+  needs = {name: stages_lib.REGISTRY[name].teacher_need(config)
+           for name in stages}
+  trainers = [name for name, need in needs.items() if need is None]
+  if trainers and any(need is not None for need in needs.values()):
     raise ConfigError(
         f'config.distill.teacher_checkpoint={path!r} is invalid with '
         f'config.stages={stages}: the teacher trained in --workdir={workdir} '
-        'would be ignored; drop \'teacher\' from config.stages or unset '
+        f'would be ignored; drop {trainers[0]!r} from config.stages or unset '
         'distill.teacher_checkpoint')
 
 
@@ -469,28 +299,10 @@ def check_teacher_choice(config, workdir):
 # past train.decay_steps, which is frozen),
 # distill.end_num_steps (to distill further), the intervals, model.dtype
 # (checkpoints are float32 whatever the compute dtype) and config.eval.
-_FROZEN_ONCE_STARTED = {
-    None: ('seed', 'dataset.name', 'dataset.class_conditional',
-           'dataset.random_flip', 'dataset.shuffle_buffer', 'model.*',
-           'schedule.*'),
-    'teacher': ('train.batch_size', 'train.learning_rate',
-                'train.warmup_steps', 'train.decay_steps', 'train.weight_decay',
-                'train.ema_decay', 'train.grad_clip', 'guidance.label_dropout'),
-    # Its learning rate may decay to 0 over guidance.num_steps, as a round's
-    # over its updates, so that is fixed too.
-    'guide': ('distill.teacher_checkpoint', 'guidance.w_min', 'guidance.w_max',
-              'guidance.num_steps', 'guidance.learning_rate',
-              'guidance.learning_rate_schedule', 'guidance.batch_size',
-              'guidance.ema_decay', 'guidance.w_warmup_steps',
-              'distill.grad_clip'),
-    'distill': ('distill.teacher_checkpoint', 'distill.start_num_steps',
-                'distill.steps_per_round', 'distill.last_rounds_multiplier',
-                'distill.long_rounds_max_steps', 'distill.learning_rate',
-                'distill.batch_size', 'distill.grad_clip',
-                'distill.loss_weighting'),
-}
-_FROZEN_ONCE_STARTED.update(
-    {name: s.FROZEN for name, s in stages_lib.REGISTRY.items()})
+# Every stage's own are its FROZEN (stages/).
+_FROZEN_ONCE_ANY_STARTED = ('seed', 'dataset.name', 'dataset.class_conditional',
+                            'dataset.random_flip', 'dataset.shuffle_buffer',
+                            'model.*', 'schedule.*')
 _MAY_ALWAYS_CHANGE = ('model.dtype',)
 # Fields added since workdirs were first written, with the value that a
 # config.json without them trained with.
@@ -514,15 +326,12 @@ def flat(tree, prefix=''):
 def _frozen(field, started):
   if field in _MAY_ALWAYS_CHANGE:
     return False
-  for stage, patterns in _FROZEN_ONCE_STARTED.items():
-    if stage is None and not started or stage is not None and (
-        stage not in started):
-      continue
-    for pattern in patterns:
-      if field == pattern or (pattern.endswith('.*') and
-                              field.startswith(pattern[:-1])):
-        return True
-  return False
+  patterns = list(_FROZEN_ONCE_ANY_STARTED) if started else []
+  for name, stage in stages_lib.REGISTRY.items():
+    if name in started:
+      patterns += stage.FROZEN
+  return any(field == p or (p.endswith('.*') and field.startswith(p[:-1]))
+             for p in patterns)
 
 
 def resume_changes(saved, config, workdir, started):

@@ -1,24 +1,27 @@
 """The workdir layout: every path main.py writes, and the models found there.
 
   WORKDIR/config.json                      the config of the last run
+  WORKDIR/STAGE/                           a stage's directory (stage_dir),
+                                           STAGE its name in config.stages:
   WORKDIR/teacher/                         TensorBoard events
   WORKDIR/teacher/checkpoints/STEP/        Orbax: state + meta
   WORKDIR/teacher/samples/step_*.png       sample grids
   WORKDIR/guide/...                        guided runs: the student that
                                            takes w (stage 1), the same inside
-  WORKDIR/distill/student_NNNNN/...        one per round, the same inside;
-                                           NNNNN = the student's steps
-  WORKDIR/STAGE/student_NNNNN/...          the same for the students of
-                                           another distillation stage
-                                           (stages/: 'consistency')
+  WORKDIR/STAGE/student_NNNNN/...          a distillation stage's students
+                                           (distill: one per round;
+                                           consistency: one per phase), the
+                                           same inside; NNNNN = its steps
   WORKDIR/eval/results.{csv,json}, quality_vs_steps.png, reference_*.npz
   WORKDIR/timing.json                      each stage's time, rate, memory
                                            and the machine (timing.py)
   WORKDIR/generated/METHOD_STEPSsteps[_wW]/ sample.py's images
 
-This module is the only one that knows these names. A model is loaded from
-its checkpoint alone: the checkpoint's meta records the config sections
-that build it.
+The stages (stages/) name their directories through stage_dir and
+student_dir; this module knows the rest of these names, and that a workdir
+given as a teacher means its teacher stage's directory (TEACHER). A model
+is loaded from its checkpoint alone: the checkpoint's meta records the
+config sections that build it.
 """
 
 import json
@@ -34,10 +37,9 @@ from diffusion_distill import models
 
 CONFIG_FILE = 'config.json'
 TIMING_FILE = 'timing.json'
+# The directory of a workdir's teacher (stages/teacher.py's NAME): a workdir
+# named as a teacher (distill.teacher_checkpoint, sample.py) means its model.
 TEACHER = 'teacher'
-GUIDE = 'guide'
-DISTILL = 'distill'
-EVAL = 'eval'
 
 
 def config_path(workdir):
@@ -48,12 +50,13 @@ def timing_path(workdir):
   return os.path.join(workdir, TIMING_FILE)
 
 
+def stage_dir(workdir, stage):
+  """The directory of the stage named `stage` in config.stages."""
+  return os.path.join(workdir, stage)
+
+
 def teacher_dir(workdir):
-  return os.path.join(workdir, TEACHER)
-
-
-def guide_dir(workdir):
-  return os.path.join(workdir, GUIDE)
+  return stage_dir(workdir, TEACHER)
 
 
 _ROUND = 'student_'
@@ -61,11 +64,8 @@ _ROUND = 'student_'
 
 def student_dir(workdir, stage, num_student_steps):
   """The directory of `stage`'s student for `num_student_steps` steps."""
-  return os.path.join(workdir, stage, f'{_ROUND}{num_student_steps:05d}')
-
-
-def round_dir(workdir, num_student_steps):
-  return student_dir(workdir, DISTILL, num_student_steps)
+  return os.path.join(stage_dir(workdir, stage),
+                      f'{_ROUND}{num_student_steps:05d}')
 
 
 def _student_paths(workdir, stage=None):
@@ -87,17 +87,13 @@ def _student_paths(workdir, stage=None):
   return out
 
 
-def round_checkpoint_dirs(workdir, stage=DISTILL):
-  """[(num_sample_steps, checkpoint dir)] of `stage`'s students (the
-  rounds by default, every stage's with None) with a checkpoint directory
+def round_checkpoint_dirs(workdir, stage):
+  """[(num_sample_steps, checkpoint dir)] of `stage`'s students (every
+  stage's with None) with a checkpoint directory
   in `workdir`, finished or not, most steps first."""
   return sorted(((n, checkpoint_dir(os.fspath(path)))
                  for n, path in _student_paths(workdir, stage)
                  if (path / 'checkpoints').is_dir()), reverse=True)
-
-
-def eval_dir(workdir):
-  return os.path.join(workdir, EVAL)
 
 
 def checkpoint_dir(stage_dir):
@@ -147,14 +143,12 @@ def stage_checkpoint_dir(path):
   return None
 
 
-def started_stages(workdir):
-  """{'teacher', 'guide', 'distill', ...}: the stages with a checkpoint
-  there (a stage of students is named by their directory's parent)."""
-  started = set()
-  if stage_checkpoint_dir(teacher_dir(workdir)) is not None:
-    started.add(TEACHER)
-  if stage_checkpoint_dir(checkpoint_dir(guide_dir(workdir))) is not None:
-    started.add(GUIDE)
+def started_stages(workdir, stages):
+  """The names of `stages` with a checkpoint in `workdir`: in their own
+  directory, or in a student's (a stage of students is named by their
+  directory's parent)."""
+  started = {name for name in stages if stage_checkpoint_dir(
+      checkpoint_dir(stage_dir(workdir, name))) is not None}
   for _, path in _student_paths(workdir):
     if stage_checkpoint_dir(path) is not None:
       started.add(path.parent.name)

@@ -14,7 +14,7 @@ missing (CheckpointError, DataNotFoundError, FileNotFoundError).
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,17 +23,12 @@ import numpy as np
 from diffusion_distill import checkpoints
 from diffusion_distill import config_checks
 from diffusion_distill import dataset_info
-from diffusion_distill import distill
-from diffusion_distill import guide_stage
 from diffusion_distill import input_pipeline
-from diffusion_distill import models
 from diffusion_distill import stages as stages_lib
 from diffusion_distill import teacher as teacher_lib
-from diffusion_distill import teacher_stage
 from diffusion_distill import layout
 from diffusion_distill.config_checks import ConfigError
 from diffusion_distill.config_checks import require
-from diffusion_distill.evaluation import inception
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +40,18 @@ INSTALL_CUDA = 'pip install -c constraints.txt -e ".[cuda12]"'
 class Plan:
   """What a run will do: its stages, rounds and batches, and its teachers.
 
-  `teachers` maps a stage ('guide', 'distill', 'eval') to its resolved
-  teacher when that exists before the run (trained by an earlier run, or
-  distill.teacher_checkpoint); a teacher this run trains is resolved when
-  its stage starts. `rounds` is [(student steps, updates)], from the
-  teacher's own step count when it has one; `phases` maps each registered
-  stage that runs (stages/) to its plan, [(student steps, teacher grid,
-  updates)].
+  `teachers` maps a stage to its resolved teacher when that exists before
+  the run (trained by an earlier run, or distill.teacher_checkpoint); a
+  teacher this run trains is resolved when its stage starts. `phases` maps
+  each stage that runs and has a plan to it (its phase_plan, from the
+  teacher's own step count when it has one), and
+  `student_steps` lists the step counts of the students they make.
   """
   stages: tuple
   teachers: dict
-  rounds: list
   num_devices: Optional[int] = None
   phases: dict = dataclasses.field(default_factory=dict)
+  student_steps: list = dataclasses.field(default_factory=list)
 
 
 def devices_line():
@@ -99,7 +93,7 @@ def check_resume(config, workdir):
   saved = layout.saved_config(workdir)
   if saved is None:
     return
-  started = layout.started_stages(workdir)
+  started = layout.started_stages(workdir, stages_lib.REGISTRY)
   for field, old, new in config_checks.resume_changes(saved, config, workdir,
                                                       started):
     log.info('config.%s changed since the last run in %s: %r -> %r', field,
@@ -108,26 +102,20 @@ def check_resume(config, workdir):
 
 def _stages_to_resume(config, workdir):
   """[(name, checkpoint dir, its stage's number of steps)] of the stages
-  this run would resume: the teacher's length is this config's, a stage 1's
-  and a round's the one their checkpoints recorded (it is frozen)."""
-  stages, out = tuple(config.stages), []
-  if 'teacher' in stages:
-    out.append(('teacher', layout.checkpoint_dir(layout.teacher_dir(workdir)),
-                config.train.num_steps))
-  dirs = []
-  if 'guide' in stages:
-    dirs.append(('guide', layout.checkpoint_dir(layout.guide_dir(workdir))))
-  if 'distill' in stages:
-    dirs += [(f'round {n}', directory) for n, directory in
-             layout.round_checkpoint_dirs(workdir)]
-  for name, stage in stages_lib.REGISTRY.items():
-    if name in stages:
-      dirs += stage.resume_dirs(workdir)
-  for name, directory in dirs:
-    ckpt = checkpoints.Checkpointer(directory, read_only=True)
-    if ckpt.latest_step() is not None:
-      out.append((name, directory, ckpt.restore_meta()['stage_num_steps']))
-    ckpt.close()
+  this run would resume: a stage's resume_dirs give the length, or leave it
+  to the one its checkpoint recorded (it is frozen)."""
+  out = []
+  for name in config.stages:
+    for label, directory, num_steps in stages_lib.REGISTRY[name].resume_dirs(
+        config, workdir):
+      if num_steps is not None:
+        out.append((label, directory, num_steps))
+        continue
+      ckpt = checkpoints.Checkpointer(directory, read_only=True)
+      if ckpt.latest_step() is not None:
+        out.append((label, directory,
+                    ckpt.restore_meta()['stage_num_steps']))
+      ckpt.close()
   return out
 
 
@@ -147,108 +135,34 @@ def check_dispatch_resume(config, workdir):
             f'divides {step}')
 
 
-def _check_eval_teacher(config, teacher):
-  """A student as the 'teacher' of evaluation is run at its own steps only."""
-  if teacher.is_student:
-    own = teacher.num_sample_steps
-    steps = tuple(int(n) for n in config.eval.sample_steps)
-    require(all(n == own for n in steps), 'eval.sample_steps', steps,
-            f'{teacher.description} is a student distilled for {own} '
-            'sampling steps (not a teacher to sweep over step counts): set '
-            f'--config.eval.sample_steps="({own},)" or point '
-            'distill.teacher_checkpoint to an undistilled teacher')
-
-
-def _check_students(config, workdir):
-  """Finished students that evaluation will read must be of config's data
-  (and, evaluated with guidance, of a teacher that trained its null class)."""
-  students = layout.finished_students(workdir)
-  for n, student_dir in students:
-    meta = checkpoints.Checkpointer(student_dir, read_only=True).restore_meta()
-    if any(config.eval.guidance) and dataset_info.null_class_untrained(
-        layout.config_from_meta(meta)):
-      raise checkpoints.CheckpointError(
-          f'the student distilled for {n} steps in {student_dir} cannot be '
-          f'evaluated at config.eval.guidance={tuple(config.eval.guidance)}: '
-          + dataset_info.UNTRAINED_NULL_CLASS)
-    name = meta.get('dataset', {}).get('name', config.dataset.name)
-    if name != config.dataset.name:
-      raise checkpoints.CheckpointError(
-          f'the student distilled for {n} steps in {student_dir} was trained '
-          f'with dataset.name={name!r} but config.dataset.name='
-          f'{config.dataset.name!r}, whose metric and reference images '
-          f'evaluation uses: set --config.dataset.name={name}')
-  return students
-
-
 def _resolve_teachers(config, workdir):
-  """{stage: teacher} of the stages whose teacher exists before the run."""
-  stages = tuple(config.stages)
+  """{stage: teacher} of the stages whose teacher exists before the run
+  (one object for one checkpoint)."""
   out = {}
-  guided = dataset_info.has_null_class(config)
-  if 'guide' in stages and 'teacher' not in stages:
-    out['guide'] = teacher_lib.resolve(config, workdir, 'guide')
-  trained_here = 'guide' in stages if guided else 'teacher' in stages
-  if 'distill' in stages and not trained_here:
-    out['distill'] = teacher_lib.resolve(config, workdir, 'distill')
-  for name in stages_lib.REGISTRY:
-    if name in stages and 'teacher' not in stages:
-      out[name] = teacher_lib.resolve(config, workdir, name)
-  if 'eval' in stages and 'teacher' not in stages and (
-      config.distill.teacher_checkpoint or
-      teacher_lib.exists(config, workdir, 'eval')):
-    teacher = teacher_lib.resolve(config, workdir, 'eval')
+  for name in config.stages:
+    need = stages_lib.REGISTRY[name].teacher_need(config)
+    if need is None or need.made_in(config):
+      continue
+    if need.optional and not config.distill.teacher_checkpoint and (
+        not teacher_lib.exists(config, workdir, need)):
+      continue
+    teacher = teacher_lib.resolve(config, workdir, need)
     same = [t for t in out.values() if t.checkpoint_dir and
             t.checkpoint_dir == teacher.checkpoint_dir]
-    out['eval'] = same[0] if same else teacher
+    out[name] = same[0] if same else teacher
   return out
-
-
-def _check_teacher_to_resume(config, workdir):
-  """A guided teacher of the workdir whose checkpoints never trained its
-  null class is neither resumed nor used: it is retrained."""
-  if 'teacher' not in config.stages or not dataset_info.has_null_class(
-      config):
-    return
-  directory = layout.stage_checkpoint_dir(layout.teacher_dir(workdir))
-  if directory is None:
-    return
-  meta = checkpoints.Checkpointer(directory, read_only=True).restore_meta()
-  if dataset_info.null_class_untrained(layout.config_from_meta(meta)):
-    raise checkpoints.CheckpointError(
-        f'the guided teacher in {directory} cannot be resumed or guided: '
-        + dataset_info.UNTRAINED_NULL_CLASS)
 
 
 def check_sources(config, workdir):
   """The teachers and the models to evaluate: there, readable, of config's
   kind; returns {stage: teacher} (see Plan)."""
-  stages = tuple(config.stages)
-  _check_teacher_to_resume(config, workdir)
   teachers = _resolve_teachers(config, workdir)
-  d = config.distill
-  teacher = teachers.get('distill')
-  if teacher is not None and teacher.num_sample_steps:
-    n = teacher.num_sample_steps
-    require(config_checks.halves_to(n, d.end_num_steps),
-            'distill.end_num_steps', d.end_num_steps,
-            f'{teacher.description} samples in {n} steps, where distillation '
-            f'starts: use {n} divided by a power of two')
-  for name, stage in stages_lib.REGISTRY.items():
-    if name in stages:
-      stage.check_teacher(config, teachers.get(name))
-  if 'eval' in stages and 'teacher' not in stages:
-    if teachers.get('eval') is not None:
-      _check_eval_teacher(config, teachers['eval'])
-    students = _check_students(config, workdir)
-    distills = ('distill', *stages_lib.REGISTRY)
-    if 'eval' not in teachers and not students and not any(
-        s in stages for s in distills):
-      raise checkpoints.CheckpointError(
-          f'nothing to evaluate: --workdir={workdir} has no teacher checkpoint '
-          'and no finished student, and config.distill.teacher_checkpoint is '
-          'unset; add \'teacher\' or \'distill\' to config.stages, or set '
-          '--config.distill.teacher_checkpoint=PATH')
+  students_coming = any(stages_lib.REGISTRY[name].MAKES_STUDENTS
+                        for name in config.stages)
+  for name in config.stages:
+    stages_lib.REGISTRY[name].check_sources(config, workdir,
+                                            teachers.get(name),
+                                            students_coming)
   return teachers
 
 
@@ -266,23 +180,20 @@ def check(config, workdir, *, target=True) -> Plan:
     input_pipeline.resolve_image_folder(config)
     check_resume(config, workdir)
     check_dispatch_resume(config, workdir)
-    if 'eval' in config.stages and config.dataset.name != 'digits':
-      inception.load_inception_params(config.eval.inception_weights or None)
     input_pipeline.check_data_available(config)
     teachers = check_sources(config, workdir)
-  rounds = []
-  if 'distill' in config.stages:
-    teacher = teachers.get('distill')
-    rounds = distill.config_round_plan(
+  phases, student_steps = {}, []
+  for name in config.stages:
+    stage = stages_lib.REGISTRY[name]
+    teacher = teachers.get(name)
+    phase_plan = stage.phase_plan(
         config, teacher.num_sample_steps if teacher else None)
-  phases = {}
-  for name, stage in stages_lib.REGISTRY.items():
-    if name in config.stages:
-      teacher = teachers.get(name)
-      phases[name] = stage.phase_plan(
-          config, teacher.num_sample_steps if teacher else None)
-  return Plan(stages=tuple(config.stages), teachers=teachers, rounds=rounds,
-              num_devices=num_devices, phases=phases)
+    if phase_plan is not None:
+      phases[name] = phase_plan
+      student_steps += stage.student_steps(phase_plan)
+  return Plan(stages=tuple(config.stages), teachers=teachers,
+              num_devices=num_devices, phases=phases,
+              student_steps=student_steps)
 
 
 def _batch(config, batch_size):
@@ -290,72 +201,6 @@ def _batch(config, batch_size):
   return {'image': jax.ShapeDtypeStruct((batch_size,) + info.image_shape,
                                         jnp.float32),
           'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-
-
-def _forward_flops(config, model, params):
-  """XLA's FLOP count of one network evaluation of one image (eval mode)."""
-  batch = _batch(config, 1)
-  lowered = jax.jit(lambda p, x, y: model.apply(
-      {'params': p}, x, jnp.zeros((1,)), y, train=False)).lower(
-          params, batch['image'], batch['label'])
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get('flops') or 0.)
-
-
-def _stage_lines(config, plan):
-  """(name, steps, batch, FLOP per step, detail lines) of each stage."""
-  model = models.create_model(config)
-  params = models.abstract_params(model, config)
-  out = []
-  if 'teacher' in plan.stages:
-    t = config.train
-    step = teacher_stage.make_teacher_step(config, model)
-    out.append(('teacher', t.num_steps, t.batch_size,
-                step.flops(params, _batch(config, t.batch_size)), []))
-  if 'guide' in plan.stages:
-    g = config.guidance
-    student = models.student_config(config, takes_guidance=True)
-    student_model = models.create_model(student)
-    step = guide_stage.make_guide_step(student, student_model, model)
-    out.append(('guide', g.num_steps, g.batch_size, step.flops(
-        models.abstract_params(student_model, student),
-        _batch(config, g.batch_size), params), []))
-  if 'distill' in plan.stages:
-    d = config.distill
-    rounds = distill.Rounds(config, '', plan.rounds,
-                            takes_guidance=dataset_info.has_null_class(config))
-    student_params = models.abstract_params(rounds.model, rounds.config)
-    updates = sum(u for _, u in plan.rounds)
-    flops = rounds.step(plan.rounds[0][1]).flops(
-        student_params, _batch(config, d.batch_size), student_params,
-        np.int32(1))
-    detail = [f'round {i + 1}: {2 * n} -> {n} sampling steps, {u:,} updates'
-              for i, (n, u) in enumerate(plan.rounds)]
-    out.append(('distill', updates, d.batch_size, flops, detail))
-  for name, phases in plan.phases.items():
-    out.append(stages_lib.REGISTRY[name].flops_line(config, phases, _batch))
-  if 'eval' in plan.stages:
-    out.append(_eval_line(config, plan, model, params))
-  return out
-
-
-def _eval_line(config, plan, model, params):
-  """Network evaluations of one image in all of evaluation's rows."""
-  e = config.eval
-  ws = ([float(w) for w in e.guidance]
-        if dataset_info.has_null_class(config) else [0.])
-  # A guided teacher evaluates twice per step at w != 0; a student once.
-  teacher = sum(2 if w else 1 for w in ws) * len(e.teacher_samplers) * sum(
-      e.sample_steps)
-  student_steps = sum(n for n, _ in plan.rounds) + sum(
-      t for phases in plan.phases.values() for t, _, _ in phases)
-  students = len(ws) * len(e.student_samplers) * student_steps
-  evals = teacher + students
-  return ('eval', evals * e.num_samples * e.num_seeds, 1,
-          _forward_flops(config, model, params),
-          [f'{evals} network evaluations per sample, {e.num_samples:,} '
-           f'samples x {e.num_seeds} seed(s)'])
 
 
 def _flop(x):
@@ -368,14 +213,17 @@ def describe(config, workdir, plan):
   where = (f'{plan.num_devices} devices' if plan.num_devices else
            'devices not checked here')
   total = 0.
-  for name, steps, batch, flops, detail in _stage_lines(config, plan):
-    unit = ('network evaluations of one image' if name == 'eval' else
-            f'steps at batch {batch}')
+  for name, steps, batch, flops, detail, per in (
+      stages_lib.REGISTRY[name].flops_line(config, plan, _batch)
+      for name in plan.stages):
+    per_step = per == 'step'
+    unit = (f'steps at batch {batch}' if per_step else
+            f'{per}s of one image')
     per_device = (f' ({batch // plan.num_devices} per device)'
-                  if plan.num_devices and name != 'eval' else '')
+                  if plan.num_devices and per_step else '')
     stage_flops = (flops or 0.) * steps
     total += stage_flops
-    what = 'per network evaluation' if name == 'eval' else 'per step'
+    what = f'per {per}'
     lines.append(f'  {name}: {steps:,} {unit}{per_device}; {_flop(flops)} '
                  f'FLOP {what}, {_flop(stage_flops)} FLOP in all')
     lines += [f'    {line}' for line in detail]

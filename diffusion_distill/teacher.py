@@ -3,8 +3,10 @@
 `config.distill.teacher_checkpoint` names a workdir, stage or checkpoint
 directory of ours, or a checkpoint file released with the paper (Flax
 msgpack); unset, it is the teacher of --workdir. In a guided run (label
-dropout) the teacher of the 'guide' stage is that one, and the teacher of
-the rounds is the student that takes w (WORKDIR/guide). `resolve` checks it before
+dropout) the guided teacher is that one, and the teacher of the guided
+rounds is the student that takes w, which another stage made. What a stage
+asks of its teacher is a `Need`, declared by the stage (stages/): this
+module names no stage. `resolve` checks it before
 any work without reading our checkpoints' arrays: the checkpoint's meta
 gives its data set, parameterization and architecture, and the parameter
 shapes follow from them. A paper file has no meta, so it is read once there
@@ -53,26 +55,49 @@ class Teacher:
   takes_guidance: bool = False  # A student of guided distillation.
 
 
-def _named_path(config, stage):
-  """distill.teacher_checkpoint where it names `stage`'s teacher, else None."""
-  if stage == 'distill' and dataset_info.has_null_class(config) and (
-      'guide' in tuple(config.stages)):
-    return None  # The guided rounds distill the 'guide' stage of this run.
+@dataclasses.dataclass(frozen=True)
+class Need:
+  """What a stage asks of its teacher (each stage's teacher_need).
+
+  `maker`: the stage whose model it is (its name in config.stages and its
+  directory in a workdir); a run that has that stage makes the teacher
+  itself. `optional`: the stage runs without one (evaluation). `guided`: a
+  guided model whose null class was trained. `takes_w`: the maker's student
+  that takes w, searched for in the maker's directory, and this run's own
+  when the run has the maker (distill.teacher_checkpoint then names the
+  maker's teacher, not this). `hint`: added to the message that refuses a
+  guided model to an unguided run.
+  """
+  maker: str
+  optional: bool = False
+  guided: bool = False
+  takes_w: bool = False
+  hint: str = ''
+
+  def made_in(self, config):
+    return self.maker in tuple(config.stages)
+
+
+def _named_path(config, need):
+  """distill.teacher_checkpoint where it names `need`'s teacher, else None."""
+  if need.takes_w and need.made_in(config):
+    return None  # The guided rounds distill this run's student that takes w.
   return config.distill.teacher_checkpoint
 
 
-def description(config, workdir, stage='distill'):
+def description(config, workdir, need):
   """How messages name the teacher: the config field, or the workdir."""
-  path = _named_path(config, stage)
+  path = _named_path(config, need)
   if path:
     return f'config.distill.teacher_checkpoint={path!r}'
   return f'the teacher in --workdir={workdir}'
 
 
-def _checkpoint_dir(config, path, stage):
-  """The Orbax directory that `path` names for `stage`'s teacher, or None."""
-  if stage == 'distill' and dataset_info.has_null_class(config):
-    for candidate in (layout.checkpoint_dir(layout.guide_dir(path)),
+def _checkpoint_dir(path, need):
+  """The Orbax directory that `path` names for `need`'s teacher, or None."""
+  if need.takes_w:
+    for candidate in (layout.checkpoint_dir(layout.stage_dir(path,
+                                                             need.maker)),
                       layout.checkpoint_dir(path), path):
       found = layout.stage_checkpoint_dir(candidate)
       if found is not None and os.fspath(found) == os.fspath(candidate):
@@ -81,31 +106,30 @@ def _checkpoint_dir(config, path, stage):
   return layout.stage_checkpoint_dir(path)
 
 
-def exists(config, workdir, stage='distill'):
+def exists(config, workdir, need):
   """Whether there is a teacher to resolve (a file, or a checkpoint of ours)."""
-  path = _named_path(config, stage)
+  path = _named_path(config, need)
   if path and epath.Path(path).is_file():
     return True
-  return _checkpoint_dir(config, path or workdir, stage) is not None
+  return _checkpoint_dir(path or workdir, need) is not None
 
 
-def _missing(config, workdir, stage):
+def _missing(config, workdir, need):
   """CheckpointError for a teacher path that holds no checkpoint of ours."""
-  path = _named_path(config, stage)
-  guided = stage == 'distill' and dataset_info.has_null_class(config)
+  path = _named_path(config, need)
   if not path:
-    if guided:
+    if need.takes_w:
       return checkpoints.CheckpointError(
-          f'no guided student (stage \'guide\') in --workdir={workdir} to '
-          f'distill: config.stages={tuple(config.stages)}; add \'guide\' to '
-          'config.stages or set --config.distill.teacher_checkpoint to a '
-          'guide stage')
+          f'no guided student (stage {need.maker!r}) in --workdir={workdir} '
+          f'to distill: config.stages={tuple(config.stages)}; add '
+          f'{need.maker!r} to config.stages or set '
+          f'--config.distill.teacher_checkpoint to a {need.maker} stage')
     return checkpoints.CheckpointError(
         f'no teacher checkpoint in --workdir={workdir}: '
         f'config.distill.teacher_checkpoint is unset and config.stages='
-        f'{tuple(config.stages)} trains no teacher; add \'teacher\' to '
+        f'{tuple(config.stages)} trains no teacher; add {need.maker!r} to '
         'config.stages or set --config.distill.teacher_checkpoint=PATH')
-  what = description(config, workdir, stage)
+  what = description(config, workdir, need)
   if '://' not in path and not os.path.exists(path):
     return checkpoints.CheckpointError(f'{what} does not exist: {_FORMS}')
   try:
@@ -219,9 +243,10 @@ def _resolve_file(path, config, what):
   return Teacher(what, config, num_steps, params=params)
 
 
-def _check_guidance(saved_config, config, what, stage):
-  """A guided run's teachers: label dropout for 'guide', w for the rounds,
-  and for both and a guided evaluation a null class that was trained. An
+def _check_guidance(saved_config, config, what, need):
+  """A guided run's teachers: label dropout where `need` is guided, w where
+  it takes w, and for those and a guided evaluation a null class that was
+  trained. An
   unguided run may not take a guided run's model: its U-Net has the null
   class (and maybe w) that the unguided student would not have."""
   if not dataset_info.has_null_class(config):
@@ -231,16 +256,14 @@ def _check_guidance(saved_config, config, what, stage):
           f'{what} is a guided model (trained with label dropout {dropout:g}, '
           'so it has a null class) but config.guidance.label_dropout=0 is an '
           f'unguided run: set --config.guidance.label_dropout={dropout:g}'
-          + (" and put 'guide' before 'distill' in config.stages, to distill "
-             'it with guidance (configs/digits_guided.py does)'
-             if stage == 'distill' else '') + ', or give an unguided teacher')
+          + need.hint + ', or give an unguided teacher')
     return
   if dataset_info.null_class_untrained(saved_config) and (
-      stage in ('guide', 'distill') or any(config.eval.guidance)):
+      need.guided or any(config.eval.guidance)):
     raise checkpoints.CheckpointError(
         f'{what} cannot be guided or distilled with guidance: '
         + dataset_info.UNTRAINED_NULL_CLASS)
-  if stage not in ('guide', 'distill'):
+  if not need.guided:
     return
   if not dataset_info.has_null_class(saved_config):
     raise checkpoints.CheckpointError(
@@ -249,34 +272,36 @@ def _check_guidance(saved_config, config, what, stage):
         'class_conditional=True), or set --config.guidance.label_dropout=0 '
         'for unguided distillation')
   takes_w = bool(saved_config.model.get('guidance_embedding'))
-  if stage == 'distill' and not takes_w:
+  if need.takes_w and not takes_w:
     raise checkpoints.CheckpointError(
         f'{what} is the guided teacher, not the student that takes w: its '
-        "rounds start from stage 'guide': add 'guide' to config.stages")
+        f'rounds start from stage {need.maker!r}: add {need.maker!r} to '
+        'config.stages')
 
 
-def resolve(config, workdir, stage='distill') -> Teacher:
-  """Finds `stage`'s teacher and checks that it fits `config`, or raises.
+def resolve(config, workdir, need) -> Teacher:
+  """Finds the teacher a stage's `need` names and checks that it fits
+  `config`, or raises.
 
   Missing, unreadable, of another data set, class count, parameterization
   or architecture, or (guided runs) without label dropout: each is one
   CheckpointError line. Reads a checkpoint of ours' meta only; a paper file
   is read (once) and kept in the result.
   """
-  path = _named_path(config, stage) or workdir
-  what = description(config, workdir, stage)
+  path = _named_path(config, need) or workdir
+  what = description(config, workdir, need)
   if epath.Path(path).is_file():
     return _resolve_file(epath.Path(path), config, what)
-  ckpt_dir = _checkpoint_dir(config, path, stage)
+  ckpt_dir = _checkpoint_dir(path, need)
   if ckpt_dir is None:
-    raise _missing(config, workdir, stage)
+    raise _missing(config, workdir, need)
   try:
     meta = checkpoints.Checkpointer(ckpt_dir, read_only=True).restore_meta()
   except checkpoints.CheckpointError as e:
     raise _unreadable(what, e) from None
   _check_meta(meta, config, what)
   saved_config = layout.config_from_meta(meta)
-  _check_guidance(saved_config, config, what, stage)
+  _check_guidance(saved_config, config, what, need)
   takes_w = bool(saved_config.model.get('guidance_embedding'))
   check_tree(models.abstract_params(models.create_model(saved_config),
                                     saved_config),

@@ -3,27 +3,24 @@
   WORKDIR/config.json, WORKDIR/teacher/, WORKDIR/distill/student_NNNNN/,
   WORKDIR/eval/, WORKDIR/timing.json (layout.py has the whole layout)
 
+The stages and their order are the registry's (stages/__init__.py).
+
 Every check runs first (preflight.check); config.json is written only when
 all have passed, so a rejected run leaves the workdir as it was. Each stage
 resumes where it stopped.
 """
 
 import logging
-import os
 import time
 
 from etils import epath
 import jax
 
-from diffusion_distill import distill
-from diffusion_distill import evaluate
-from diffusion_distill import guide_stage
 from diffusion_distill import preflight
 from diffusion_distill import stages as stages_lib
+from diffusion_distill.stages import evaluate
 from diffusion_distill import teacher as teacher_lib
-from diffusion_distill import teacher_stage
 from diffusion_distill import timing
-from diffusion_distill import trainer
 from diffusion_distill import layout
 
 log = logging.getLogger(__name__)
@@ -39,9 +36,10 @@ class _Teachers:
   def __call__(self, stage):
     if stage not in self._by_stage:
       teacher = None
-      if stage != 'eval' or teacher_lib.exists(self.config, self.workdir,
-                                               stage):
-        teacher = teacher_lib.resolve(self.config, self.workdir, stage)
+      need = stages_lib.REGISTRY[stage].teacher_need(self.config)
+      if need is not None and (not need.optional or teacher_lib.exists(
+          self.config, self.workdir, need)):
+        teacher = teacher_lib.resolve(self.config, self.workdir, need)
         for other in self._by_stage.values():
           if other is not None and other.checkpoint_dir and (
               other.checkpoint_dir == teacher.checkpoint_dir):
@@ -62,17 +60,7 @@ def train_and_evaluate(config, workdir, plan=None):
     layout.write_config(workdir, config)
   teachers = _Teachers(config, workdir, plan.teachers)
   for stage in plan.stages:
-    if stage == 'teacher':
-      trainer.run_stage(teacher_stage.teacher_stage(config, workdir))
-    elif stage == 'guide':
-      trainer.run_stage(guide_stage.guide_stage(config, workdir,
-                                                teachers('guide')))
-    elif stage == 'distill':
-      distill.distill(config, workdir, teachers('distill'))
-    elif stage in stages_lib.REGISTRY:
-      stages_lib.REGISTRY[stage].run(config, workdir, teachers(stage))
-    elif stage == 'eval':
-      evaluate.evaluate(config, workdir, teachers('eval'))
+    stages_lib.REGISTRY[stage].run(config, workdir, teachers(stage))
   timing.record(layout.timing_path(workdir), 'run', time.time() - t0,
                 stages=list(plan.stages))
   if jax.process_index() == 0:
@@ -83,12 +71,11 @@ def train_and_evaluate(config, workdir, plan=None):
 def outputs_summary(workdir):
   """The run's last log lines: where its results, grids and plots are, and
   how long each stage took (timing.json)."""
-  eval_dir = epath.Path(layout.eval_dir(workdir))
+  eval_dir = epath.Path(evaluate.directory(workdir))
   lines = [f'results: {p}' for p in [eval_dir / 'results.csv'] if p.exists()]
   lines += [f'plot: {p}' for p in sorted(eval_dir.glob('*.png'))]
-  stage_dirs = [layout.teacher_dir(workdir), layout.guide_dir(workdir)] + [
-      os.path.dirname(d)
-      for _, d in layout.round_checkpoint_dirs(workdir, stage=None)]
+  stage_dirs = [d for stage in stages_lib.REGISTRY.values()
+                for d in stage.directories(workdir)]
   for stage_dir in stage_dirs:
     grids = epath.Path(layout.sample_grid_path(stage_dir, 0)).parent
     last = sorted(grids.glob('*.png'))[-1:] if grids.exists() else []

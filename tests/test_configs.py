@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from diffusion_distill import config_checks, dataset_info, distill
+from diffusion_distill import config_checks, dataset_info
+from diffusion_distill.stages import distill
 from diffusion_distill import input_pipeline, layout, models
 
 CONFIGS = ('digits', 'digits_teacher', 'digits_distill', 'cifar10_teacher',
@@ -129,7 +130,7 @@ def test_cifar10_distill_through_main_on_mock_data(tmp_path, monkeypatch):
       runpy.run_path(os.path.join(REPO, 'main.py'), run_name='__main__')
   assert exit_info.value.code in (None, 0)
   for n in (2, 1):  # rounds ending at 2 and 1 steps are doubled: 2 x 2
-    assert os.path.isdir(os.path.join(layout.round_dir(workdir, n),
+    assert os.path.isdir(os.path.join(distill.student_dir(workdir, n),
                                       'checkpoints', '4'))
   sampler = layout.load_sampler(workdir)
   assert sampler.num_steps == 1

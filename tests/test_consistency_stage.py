@@ -15,6 +15,7 @@ from diffusion_distill import checkpoints, config_checks, inference, layout
 from diffusion_distill import models, preflight, samplers
 from diffusion_distill import schedules, timing
 from diffusion_distill import teacher as teacher_lib
+from diffusion_distill import stages
 from diffusion_distill.stages import consistency
 from tests import tiny
 
@@ -41,7 +42,8 @@ def teacher_file(digits_dir, tmp_path_factory):
 
 
 def _run(config, workdir, step_hook=None):
-  teacher = teacher_lib.resolve(config, workdir, consistency.NAME)
+  teacher = teacher_lib.resolve(config, workdir,
+                                consistency.teacher_need(config))
   return consistency.run(config, workdir, teacher, step_hook=step_hook)
 
 
@@ -75,7 +77,7 @@ def test_phases_leave_students_that_sample_in_their_steps(straight_run,
     assert os.path.exists(layout.sample_grid_path(directory, 4))
   # Evaluation and sample.py find them through the layout.
   assert [n for n, _ in layout.finished_students(workdir)] == [2, 1]
-  assert layout.started_stages(workdir) == {'consistency'}
+  assert layout.started_stages(workdir, stages.REGISTRY) == {'consistency'}
   tiny.assert_final_student(workdir, final, teacher_file[1])
 
 
@@ -83,7 +85,8 @@ def test_phases_are_chained_and_share_one_step(digits_dir, teacher_file):
   """Phase 2's teacher and starting point are phase 1's student; T and N
   are arguments of one compiled step, not constants of two."""
   config = _config(digits_dir, teacher_file[0])
-  teacher = teacher_lib.resolve(config, '/nonexistent', consistency.NAME)
+  teacher = teacher_lib.resolve(config, '/nonexistent',
+                                consistency.teacher_need(config))
   phases = consistency.build(config, '/wd', teacher)
   assert phases.plan == [(2, 8, 4), (1, 2, 4)]
   a, b = object(), object()

@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_distill import checkpoints, config_checks, diffusion, distill
+from diffusion_distill import checkpoints, config_checks, diffusion
 from diffusion_distill import layout, losses, machine, models
 from diffusion_distill import schedules, timing, train
 from diffusion_distill import teacher as teacher_lib
+from diffusion_distill.stages import distill
+from diffusion_distill.stages import evaluate
 from tests import gaussian, tiny
 
 
@@ -125,7 +127,8 @@ def straight_run(digits_dir, teacher_file, tmp_path_factory):
 def test_paper_checkpoint_loads(digits_dir, teacher_file):
   path, params = teacher_file
   config = _distill_config(digits_dir, path)
-  teacher = teacher_lib.resolve(config, '/nonexistent')
+  teacher = teacher_lib.resolve(config, '/nonexistent',
+                                distill.teacher_need(config))
   loaded = teacher_lib.load(teacher)
   assert teacher.num_sample_steps == 8 and teacher.checkpoint_dir is None
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
@@ -137,7 +140,7 @@ def test_a_released_checkpoint_samples_as_the_readme_says(digits_dir,
   """README, "Checkpoints released with the paper": a paper file sampled
   in its own number of steps from Python, with its ema_params."""
   config = _distill_config(digits_dir, teacher_file[0])
-  found = teacher_lib.resolve(config, workdir=None, stage='distill')
+  found = teacher_lib.resolve(config, None, distill.teacher_need(config))
   sampler = layout.make_sampler(config, models.create_model(config),
                                 teacher_lib.load(found),
                                 num_steps=found.num_sample_steps)
@@ -154,18 +157,19 @@ def test_other_architecture_is_named(digits_dir, teacher_file):
   config.model.emb_ch = 64
   with pytest.raises(checkpoints.CheckpointError,
                      match=r'dense0/bias has shape \(32,\) but config.model gives \(64,\)'):
-    teacher_lib.resolve(config, '/nonexistent')
+    teacher_lib.resolve(config, '/nonexistent',
+                                distill.teacher_need(config))
 
 
 def test_run_from_8_to_1_leaves_students(straight_run, teacher_file):
   workdir, final = straight_run
   for n in (4, 2, 1):
-    d = os.path.join(layout.round_dir(workdir, n), 'checkpoints')
+    d = os.path.join(distill.student_dir(workdir, n), 'checkpoints')
     ckpt = checkpoints.Checkpointer(d)
     assert ckpt.latest_step() == 4
     meta = ckpt.restore_meta()
     assert meta['num_sample_steps'] == n and meta['stage'] == 'distill'
-    assert os.path.exists(os.path.join(layout.round_dir(workdir, n),
+    assert os.path.exists(os.path.join(distill.student_dir(workdir, n),
                                        'samples', 'step_00000004.png'))
   sampler = tiny.assert_final_student(workdir, final, teacher_file[1])
   images = sampler.sample(jax.random.PRNGKey(0), 5)
@@ -181,9 +185,9 @@ def test_killed_mid_round_resumes_bitwise(digits_dir, teacher_file,
   with pytest.raises(tiny.Crash):
     distill.distill(config, workdir, step_hook=tiny.crash_on_call(7))
   two = checkpoints.Checkpointer(
-      os.path.join(layout.round_dir(workdir, 2), 'checkpoints'))
+      os.path.join(distill.student_dir(workdir, 2), 'checkpoints'))
   assert two.latest_step() == 2
-  assert not os.path.exists(layout.round_dir(workdir, 1))
+  assert not os.path.exists(distill.student_dir(workdir, 1))
   tiny.assert_trees_equal(distill.distill(config, workdir), straight_run[1])
   # timing.json: the session that finished a round records it.
   stages = timing.read(layout.timing_path(workdir))['stages']
@@ -196,7 +200,6 @@ def test_evaluation_stage_table_and_plot(digits_dir, teacher_file,
                                          straight_run):
   """The eval stage over the 8 -> 1 run: teacher sweep + every student."""
   import json  # pylint: disable=g-import-not-at-top
-  from diffusion_distill import evaluate  # pylint: disable=g-import-not-at-top
   workdir, _ = straight_run
   config = _distill_config(digits_dir, teacher_file[0])
   config.eval.num_samples = 12
@@ -248,10 +251,10 @@ def test_each_stage_records_its_cost_and_the_machine(straight_run):
   # The evaluation test measured 10 rows of 12 samples; its rerun none.
   assert stages['eval']['rows'] == 10 and stages['eval']['samples'] == 120
   lines = train.outputs_summary(workdir)
-  eval_dir = layout.eval_dir(workdir)
+  eval_dir = evaluate.directory(workdir)
   assert f'results: {eval_dir}/results.csv' in lines
   assert f'plot: {eval_dir}/quality_vs_steps.png' in lines
-  grid = layout.sample_grid_path(layout.round_dir(workdir, 1), 4)
+  grid = layout.sample_grid_path(distill.student_dir(workdir, 1), 4)
   assert f'last sample grid: {grid}' in lines
   assert [l.split(':')[1] for l in lines if l.startswith('time: ')] == [
       ' distill to 4 steps', ' distill to 2 steps', ' distill to 1 steps',

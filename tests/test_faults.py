@@ -24,7 +24,9 @@ import jax
 import numpy as np
 import pytest
 
-from diffusion_distill import checkpoints, distill, teacher_stage
+from diffusion_distill import checkpoints
+from diffusion_distill.stages import distill
+from diffusion_distill.stages import teacher as teacher_stage
 from diffusion_distill.train_state import TrainState
 from tests import tiny
 

@@ -18,7 +18,10 @@ import optax
 import pytest
 
 from diffusion_distill import checkpoints, config_checks, diffusion, inference
-from diffusion_distill import guide_stage, layout
+from diffusion_distill import layout
+from diffusion_distill.stages import distill
+from diffusion_distill.stages import evaluate
+from diffusion_distill.stages import guide as guide_stage
 from diffusion_distill import losses, models, preflight, samplers, schedules
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill.train_state import TrainState
@@ -266,7 +269,8 @@ def test_teacher_without_label_dropout_cannot_be_guided(digits_dir, tmp_path):
       'dataset.class_conditional': True, 'guidance.label_dropout': 0.1})
   guided.stages = ('guide',)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    teacher_lib.resolve(guided, workdir, 'guide')
+    teacher_lib.resolve(guided, workdir,
+                        guide_stage.teacher_need(guided))
   message = str(e.value)
   assert '\n' not in message
   assert 'was trained without label dropout' in message
@@ -341,14 +345,14 @@ def test_guided_student_from_before_the_fix_is_not_distilled(digits_dir,
       'dataset.class_conditional': True, 'guidance.label_dropout': 0.1})
   workdir = str(tmp_path / 'old')
   _save_model(models.student_config(config, takes_guidance=True),
-              layout.guide_dir(workdir), 'guide', before_the_fix=True)
+              guide_stage.directory(workdir), 'guide', before_the_fix=True)
   config.stages = ('distill',)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    teacher_lib.resolve(config, workdir, 'distill')
+    teacher_lib.resolve(config, workdir, distill.teacher_need(config))
   _one_line_about_the_null_class(e)
   # Its w = 0, the teacher's conditional prediction, is still usable.
   student = layout.make_sampler(*layout.load_model(
-      layout.checkpoint_dir(layout.guide_dir(workdir)))[:3], num_steps=2)
+      layout.checkpoint_dir(guide_stage.directory(workdir)))[:3], num_steps=2)
   assert student.sample(jax.random.PRNGKey(0), 2).shape == (2, 8, 8, 1)
   with pytest.raises(ValueError) as e:
     student.sample(jax.random.PRNGKey(0), 2, guidance=0.5)
@@ -366,16 +370,18 @@ def test_guided_rounds_distill_this_runs_guide_stage(digits_dir, tmp_path):
   _save_model(config, layout.teacher_dir(teacher_workdir), 'teacher')
   config.stages = ('guide', 'distill')
   config.distill.teacher_checkpoint = teacher_workdir
-  guide_teacher = teacher_lib.resolve(config, workdir, 'guide')
+  guide_teacher = teacher_lib.resolve(config, workdir,
+                                      guide_stage.teacher_need(config))
   assert guide_teacher.checkpoint_dir.startswith(teacher_workdir)
   assert not guide_teacher.takes_guidance
-  assert not teacher_lib.exists(config, workdir, 'distill')
+  assert not teacher_lib.exists(config, workdir,
+                                distill.teacher_need(config))
   with pytest.raises(checkpoints.CheckpointError,
                      match=f'no guided student .* in --workdir={workdir}'):
-    teacher_lib.resolve(config, workdir, 'distill')
+    teacher_lib.resolve(config, workdir, distill.teacher_need(config))
   _save_model(models.student_config(config, takes_guidance=True),
-              layout.guide_dir(workdir), 'guide')
-  rounds_teacher = teacher_lib.resolve(config, workdir, 'distill')
+              guide_stage.directory(workdir), 'guide')
+  rounds_teacher = teacher_lib.resolve(config, workdir, distill.teacher_need(config))
   assert rounds_teacher.checkpoint_dir.startswith(workdir)
   assert rounds_teacher.takes_guidance
 
@@ -539,10 +545,10 @@ def test_unguided_run_of_a_guided_teacher_says_what_to_run(digits_dir,
   workdir = str(tmp_path / 'wd')
   _save_model(guided, layout.teacher_dir(workdir), 'teacher')
   plain = tiny.tiny_config(digits_dir, **{'dataset.class_conditional': True})
-  for stage in ('distill', 'eval'):
+  for stage in (distill, evaluate):
     with pytest.raises(checkpoints.CheckpointError) as e:
-      teacher_lib.resolve(plain, workdir, stage)
+      teacher_lib.resolve(plain, workdir, stage.teacher_need(plain))
     message = str(e.value)
     assert '\n' not in message and 'is a guided model' in message, message
     assert '--config.guidance.label_dropout=0.1' in message
-    assert ("put 'guide' before 'distill'" in message) == (stage == 'distill')
+    assert ("put 'guide' before 'distill'" in message) == (stage is distill)

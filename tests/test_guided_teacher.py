@@ -22,7 +22,7 @@ from diffusion_distill import dataset_info
 from diffusion_distill import diffusion
 from diffusion_distill import inference
 from diffusion_distill import models
-from diffusion_distill import teacher_stage
+from diffusion_distill.stages import teacher as teacher_stage
 from diffusion_distill import trainer
 from tests import gaussian
 from tests import tiny

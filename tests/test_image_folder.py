@@ -18,6 +18,7 @@ import pytest
 from diffusion_distill import checkpoints, config_checks, input_pipeline
 from diffusion_distill import layout, load_sampler, models, preflight, timing
 from diffusion_distill import train
+from diffusion_distill.stages import distill
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,7 +105,7 @@ def test_a_tiny_run_trains_distills_and_samples(classes_dir, tmp_path):
   workdir = str(tmp_path / 'wd')
   train.train_and_evaluate(config, workdir, preflight.check(config, workdir))
   meta = checkpoints.Checkpointer(os.path.join(
-      layout.round_dir(workdir, 1), 'checkpoints')).restore_meta()
+      distill.student_dir(workdir, 1), 'checkpoints')).restore_meta()
   assert meta['dataset'] == {'name': 'image_folder', 'class_conditional': True,
                              'path': classes_dir, 'image_size': 8,
                              'channels': 3, 'num_classes': 2}

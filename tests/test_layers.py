@@ -23,8 +23,8 @@ LAYERS = (
                         'evaluation.digits_classifier', 'evaluation.metrics',
                         'evaluation')),
     ('model services', ('inference', 'layout', 'teacher')),
-    ('stages', ('trainer', 'teacher_stage', 'guide_stage', 'distill',
-                'stages.consistency', 'stages', 'evaluate')),
+    ('stages', ('trainer', 'stages.base', 'stages.teacher', 'stages.guide', 'stages.distill',
+                'stages.consistency', 'stages.evaluate', 'stages')),
     ('orchestration', ('config_checks', 'preflight', 'train', 'cli', '')),
 )
 ORDER = [m for _, modules in LAYERS for m in modules]

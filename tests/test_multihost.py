@@ -35,6 +35,7 @@ from diffusion_distill import input_pipeline
 from diffusion_distill import layout
 from diffusion_distill import models
 from diffusion_distill import train
+from diffusion_distill.stages import distill
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +117,7 @@ def _final_params(workdir):
       os.path.join(workdir, 'teacher', 'checkpoints'), read_only=True)
   assert teacher.latest_step() == TEACHER_STEPS
   student = checkpoints.Checkpointer(
-      os.path.join(layout.round_dir(workdir, 1), 'checkpoints'),
+      os.path.join(distill.student_dir(workdir, 1), 'checkpoints'),
       read_only=True)
   assert student.latest_step() == ROUND_STEPS
   template = teacher_template()
@@ -174,7 +175,7 @@ def test_two_processes_survive_sigterm_and_kill_and_equal_one(
     reference, digits_dir, tmp_path):
   workdir = str(tmp_path / 'w')
   teacher_ckpts = os.path.join(workdir, 'teacher', 'checkpoints')
-  round_ckpts = os.path.join(layout.round_dir(workdir, 1), 'checkpoints')
+  round_ckpts = os.path.join(distill.student_dir(workdir, 1), 'checkpoints')
 
   # 1. SIGTERM to process 1 alone, once the first checkpoint is written:
   # both processes save the same step and exit 0.
@@ -219,7 +220,7 @@ def test_two_processes_survive_sigterm_and_kill_and_equal_one(
             err_msg=f'{name} {jax.tree_util.keystr(path)}')
   # Only process 0 writes TensorBoard logs (their names hold the pid).
   for stage_dir in (os.path.join(workdir, 'teacher'),
-                    layout.round_dir(workdir, 1)):
+                    distill.student_dir(workdir, 1)):
     events = [n for n in os.listdir(stage_dir) if n.startswith('events.out')]
     assert events
     assert {int(n.split('.')[-3]) for n in events} <= writers, events

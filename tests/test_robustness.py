@@ -16,7 +16,9 @@ import pytest
 import tensorflow as tf
 
 from diffusion_distill import checkpoints, config_checks, input_pipeline
-from diffusion_distill import layout, preflight, teacher_stage, train, trainer
+from diffusion_distill import layout, preflight, train, trainer
+from diffusion_distill.stages import distill
+from diffusion_distill.stages import teacher as teacher_stage
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -555,11 +557,10 @@ def _fake_checkpoint(ckpt_dir, num_sample_steps, stage):
 @pytest.fixture(scope='module')
 def fake_distilled(tmp_path_factory):
   """A workdir with a teacher and students for 4 and 2 steps (metadata)."""
-  from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('fake'))
   _fake_checkpoint(_ckpt_dir(workdir), None, 'teacher')
   for n in (4, 2):
-    _fake_checkpoint(os.path.join(layout.round_dir(workdir, n),
+    _fake_checkpoint(os.path.join(distill.student_dir(workdir, n),
                                   'checkpoints'), n, 'distill')
   return workdir
 
@@ -567,9 +568,8 @@ def fake_distilled(tmp_path_factory):
 def test_sample_steps_pick_the_student_or_the_teacher(fake_distilled,
                                                       tmp_path):
   """sample.py --num_steps: a student only ever at its own step count."""
-  from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
   workdir = fake_distilled
-  student = lambda n: os.path.join(layout.round_dir(workdir, n),
+  student = lambda n: os.path.join(distill.student_dir(workdir, n),
                                     'checkpoints')
   assert layout.select_model_dir(workdir) == (student(2), None)
   assert layout.select_model_dir(workdir, 4) == (student(4), None)
@@ -584,12 +584,11 @@ def test_sample_steps_pick_the_student_or_the_teacher(fake_distilled,
   _one_line(e, '--num_steps=3', 'distilled for 4, 2 sampling steps')
   # A student's own directory given as the workdir.
   with pytest.raises(layout.StepCountError) as e:
-    layout.select_model_dir(layout.round_dir(workdir, 4), 2)
+    layout.select_model_dir(distill.student_dir(workdir, 4), 2)
   _one_line(e, '--num_steps=2', 'distilled for 4 sampling steps')
 
 
 def test_evaluation_needs_models_of_its_data_set(fake_distilled, tmp_path):
-  from diffusion_distill import distill  # pylint: disable=g-import-not-at-top
   empty = str(tmp_path / 'empty')
   with pytest.raises(checkpoints.CheckpointError) as e:
     preflight.check_sources(_config(None, stages=('eval',)), empty)
@@ -603,7 +602,7 @@ def test_evaluation_needs_models_of_its_data_set(fake_distilled, tmp_path):
             '--config.dataset.name=digits')
   # A student as the "teacher" would be swept over other step counts.
   config = _config(None, stages=('eval',), **{
-      'distill.teacher_checkpoint': layout.round_dir(fake_distilled, 4),
+      'distill.teacher_checkpoint': distill.student_dir(fake_distilled, 4),
       'eval.sample_steps': (1, 4, 16)})
   with pytest.raises(config_checks.ConfigError) as e:
     preflight.check_sources(config, str(tmp_path / 'wd'))

@@ -15,7 +15,8 @@ from PIL import Image
 import pytest
 
 from diffusion_distill import diffusion, inference, layout, load_sampler
-from diffusion_distill import checkpoints, models, teacher_stage, trainer
+from diffusion_distill import checkpoints, models, trainer
+from diffusion_distill.stages import teacher as teacher_stage
 from diffusion_distill.train_state import TrainState
 from tests import tiny
 

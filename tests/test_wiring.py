@@ -33,12 +33,12 @@ import pytest
 from configs import base
 from diffusion_distill import config_checks
 from diffusion_distill import dataset_info
-from diffusion_distill import distill
-from diffusion_distill import evaluate
-from diffusion_distill import guide_stage
+from diffusion_distill.stages import distill
+from diffusion_distill.stages import evaluate
+from diffusion_distill.stages import guide as guide_stage
 from diffusion_distill import models
 from diffusion_distill import teacher as teacher_lib
-from diffusion_distill import teacher_stage
+from diffusion_distill.stages import teacher as teacher_stage
 from diffusion_distill.evaluation import metrics as metrics_lib
 from diffusion_distill.stages import consistency
 from tests import stage_fields

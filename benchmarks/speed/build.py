@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from diffusion_distill import dataset_info
-from diffusion_distill import distill
-from diffusion_distill import teacher_stage as teacher_stage_lib
+from diffusion_distill.stages import distill
+from diffusion_distill.stages import teacher as teacher_stage_lib
 from diffusion_distill import trainer
 from diffusion_distill.train_state import TrainState
 

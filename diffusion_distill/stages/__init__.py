@@ -1,16 +1,30 @@
-"""The registry of the stages that plug in by name.
+"""The registry of the stages, in the order config.stages runs them.
 
-Each entry is a module that declares, in one place, its config section
-(SECTION, RANGES, check, FROZEN), its teacher (check_teacher: it distils
-the run's teacher, resolved like the rounds'), its directories in the
-workdir (student_dir, resume_dirs), its plan (phase_plan, flops_line) and
-how it runs (run). The driver (train.py), the checks (config_checks,
-preflight) and, through the layout's WORKDIR/STAGE/student_NNNNN,
-evaluation and sample.py find a registered stage here; none of them names
-it. The teacher, 'guide', the progressive rounds ('distill') and 'eval'
-are not registered yet: config_checks.STAGES places them around these.
+Each stage is one module that declares, in one place:
+  NAME            its name in config.stages, and its directory in a workdir
+  SECTION         its config section (SECTION.batch_size divides over the
+                  devices; over the local ones where LOCAL_BATCH)
+  RANGES, check   its fields' ranges and the checks across them
+  FROZEN          what a re-run may not change once it has started
+  teacher_need    the teacher it needs (teacher.Need), None if it trains
+                  from the data; check_sources checks it and the workdir
+  phase_plan      its plan from the teacher's step count (None if it has
+                  none); student_steps, the students the plan makes
+                  (MAKES_STUDENTS)
+  resume_dirs, directories
+                  its checkpoints to resume and its sample-grid directories
+  flops_line      its line of the --check plan
+  run             how it runs, given its resolved teacher
+The driver (train.py), the checks (config_checks, preflight) and the
+layout's stage and student directories find the stages here; none of them
+names a stage.
 """
 
 from diffusion_distill.stages import consistency
+from diffusion_distill.stages import distill
+from diffusion_distill.stages import evaluate
+from diffusion_distill.stages import guide
+from diffusion_distill.stages import teacher
 
-REGISTRY = {consistency.NAME: consistency}
+REGISTRY = {stage.NAME: stage for stage in
+            (teacher, guide, distill, consistency, evaluate)}

@@ -35,12 +35,16 @@ from diffusion_distill import losses
 from diffusion_distill import models
 from diffusion_distill import schedules
 from diffusion_distill import teacher as teacher_lib
-from diffusion_distill import teacher_stage
 from diffusion_distill import trainer
 from diffusion_distill.field_checks import require
+from diffusion_distill.stages import base
+from diffusion_distill.stages import distill as distill_stage
+from diffusion_distill.stages import teacher as teacher_stage
 
 NAME = 'consistency'
 SECTION = 'consistency'
+LOCAL_BATCH = False
+MAKES_STUDENTS = True
 # Output types whose x_hat -> z as sigma -> 0, the consistency function's
 # boundary condition (docs/method.md, section 8).
 MEAN_TYPES = ('v', 'both')
@@ -122,18 +126,25 @@ def check(config):
           f'consistency distillation needs an output whose x_hat tends to z '
           f'as sigma -> 0 (the boundary condition): use one of {MEAN_TYPES} '
           'for the teacher and its students')
-  require('distill' not in stages, 'stages', stages,
-          "'distill' (progressive rounds) and 'consistency' each distil the "
-          'teacher: run one per workdir, and share the teacher with '
-          '--config.distill.teacher_checkpoint')
+  require(distill_stage.NAME not in stages, 'stages', stages,
+          f"'{distill_stage.NAME}' (progressive rounds) and '{NAME}' each "
+          'distil the teacher: run one per workdir, and share the teacher '
+          'with --config.distill.teacher_checkpoint')
   require(not dataset_info.has_null_class(config), 'guidance.label_dropout',
           config.guidance.label_dropout,
           'consistency distillation takes an unguided teacher: set '
           '--config.guidance.label_dropout=0')
 
 
-def check_teacher(config, teacher):
+def teacher_need(config):
+  """The run's teacher (unguided: check refuses label dropout)."""
+  del config
+  return teacher_lib.Need(maker=teacher_stage.NAME)
+
+
+def check_sources(config, workdir, teacher, students_coming):
   """A distilled teacher's own step count is the first phase's grid."""
+  del workdir, students_coming
   if teacher is not None and teacher.num_sample_steps:
     _check_grid(tuple(config.consistency.phases), teacher.num_sample_steps,
                 f'{teacher.description} samples in '
@@ -180,10 +191,20 @@ def student_dir(workdir, num_student_steps):
   return layout.student_dir(workdir, NAME, num_student_steps)
 
 
-def resume_dirs(workdir):
-  """[(name, checkpoint dir)] of the phases started in `workdir`."""
-  return [(f'consistency phase to {n} steps', d)
-          for n, d in layout.round_checkpoint_dirs(workdir, NAME)]
+def student_steps(plan):
+  """The step counts of the students of a phase plan."""
+  return [t for t, _, _ in plan]
+
+
+def resume_dirs(config, workdir):
+  """The phases started in `workdir` (base.student_resume_dirs)."""
+  del config
+  return base.student_resume_dirs(workdir, NAME,
+                                  'consistency phase to %d steps')
+
+
+def directories(workdir):
+  return base.student_dirs(workdir, NAME)
 
 
 class Phases:
@@ -248,9 +269,11 @@ def run(config, workdir, teacher, step_hook=None):
   return params
 
 
-def flops_line(config, plan_phases, batch):
-  """(name, updates, batch, FLOP per update, detail) for preflight's plan."""
+def flops_line(config, plan, batch):
+  """(name, updates, batch, FLOP per update, detail, unit) for preflight's
+  plan."""
   c = config.consistency
+  plan_phases = plan.phases[NAME]
   phases = Phases(config, '', plan_phases)
   params = models.abstract_params(phases.model, phases.config)
   flops = phases.step.flops(params, batch(config, c.batch_size), params,
@@ -258,4 +281,4 @@ def flops_line(config, plan_phases, batch):
   detail = [f'phase {i + 1}: {t} sampling steps on a {n}-step teacher grid, '
             f'{u:,} updates' for i, (t, n, u) in enumerate(plan_phases)]
   return (NAME, sum(u for _, _, u in plan_phases), c.batch_size, flops,
-          detail)
+          detail, 'step')

@@ -11,7 +11,8 @@ digits also the label accuracy of class-conditional samples.
 Writes WORKDIR/eval/results.{csv,json}, quality_vs_steps.png and, with
 several w, guidance_tradeoff.png (and the same to TensorBoard). Rows already
 in results.json are kept, so a re-run after an interruption only computes
-what is missing.
+what is missing. Its section is `eval`; its teacher is optional (a
+workdir of students alone is evaluated too).
 """
 
 import csv
@@ -26,22 +27,147 @@ from typing import Any
 from clu import metric_writers
 from etils import epath
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from diffusion_distill import checkpoints
 from diffusion_distill import dataset_info
+from diffusion_distill import field_checks
 from diffusion_distill import input_pipeline
 from diffusion_distill import models
 from diffusion_distill import preemption
+from diffusion_distill import samplers
 from diffusion_distill import teacher as teacher_lib
 from diffusion_distill import timing
 from diffusion_distill import layout
 from diffusion_distill.evaluation import frechet
+from diffusion_distill.evaluation import inception
 from diffusion_distill.evaluation import metrics as metrics_lib
+from diffusion_distill.field_checks import require
+from diffusion_distill.stages import base
+from diffusion_distill.stages import distill as distill_stage
+from diffusion_distill.stages import teacher as teacher_stage
 
 COLUMNS = ('model', 'sampler', 'num_steps', 'seed', 'guidance')
 log = logging.getLogger(__name__)
+
+NAME = 'eval'
+SECTION = 'eval'
+LOCAL_BATCH = True  # Each host samples its own batches.
+MAKES_STUDENTS = False
+
+RANGES = {
+    'eval.num_samples': (field_checks.count(2), 'use 2 (a Frechet distance '
+                         'needs at least 2 samples) to '
+                         f'{field_checks.INT32_MAX} (int32)'),
+    'eval.batch_size': (field_checks.count(1), field_checks.COUNT),
+    'eval.num_reference': (field_checks.count(2), 'use 2 (reference '
+                           'statistics need at least 2 images) to '
+                           f'{field_checks.INT32_MAX} (int32)'),
+    'eval.ancestral_noise_interp': (
+        lambda v: field_checks.is_number(v) and 0 <= v <= 1,
+        'use a value in [0, 1]'),
+    'eval.num_seeds': (field_checks.count(1), field_checks.COUNT),
+}
+# Evaluation trains nothing: a re-run may change any of its fields.
+FROZEN = ()
+
+
+def check(config):
+  e = config.eval
+  steps = tuple(e.sample_steps)
+  require(steps and all(field_checks.is_int(n) and
+                        0 < n <= field_checks.INT32_MAX for n in steps),
+          'eval.sample_steps', steps,
+          f'give positive step counts up to {field_checks.INT32_MAX} '
+          '(int32), e.g. (1, 4)')
+  for field in ('teacher_samplers', 'student_samplers'):
+    names = tuple(e[field])
+    require(names and all(s in samplers.SAMPLERS for s in names),
+            f'eval.{field}', names,
+            f'each sampler must be one of {samplers.SAMPLERS}')
+  require(isinstance(e.inception_weights, str), 'eval.inception_weights',
+          e.inception_weights, 'give a path, or leave it empty for the default')
+
+
+def teacher_need(config):
+  """The run's teacher, if there is one (students are evaluated alone)."""
+  del config
+  return teacher_lib.Need(maker=teacher_stage.NAME, optional=True)
+
+
+def _check_teacher(config, teacher):
+  """A student as the teacher of evaluation is run at its own steps only."""
+  if teacher.is_student:
+    own = teacher.num_sample_steps
+    steps = tuple(int(n) for n in config.eval.sample_steps)
+    require(all(n == own for n in steps), 'eval.sample_steps', steps,
+            f'{teacher.description} is a student distilled for {own} '
+            'sampling steps (not a teacher to sweep over step counts): set '
+            f'--config.eval.sample_steps="({own},)" or point '
+            'distill.teacher_checkpoint to an undistilled teacher')
+
+
+def _check_students(config, workdir):
+  """Finished students that evaluation will read must be of config's data
+  (and, evaluated with guidance, of a teacher that trained its null class)."""
+  students = layout.finished_students(workdir)
+  for n, student_dir in students:
+    meta = checkpoints.Checkpointer(student_dir, read_only=True).restore_meta()
+    if any(config.eval.guidance) and dataset_info.null_class_untrained(
+        layout.config_from_meta(meta)):
+      raise checkpoints.CheckpointError(
+          f'the student distilled for {n} steps in {student_dir} cannot be '
+          f'evaluated at config.eval.guidance={tuple(config.eval.guidance)}: '
+          + dataset_info.UNTRAINED_NULL_CLASS)
+    name = meta.get('dataset', {}).get('name', config.dataset.name)
+    if name != config.dataset.name:
+      raise checkpoints.CheckpointError(
+          f'the student distilled for {n} steps in {student_dir} was trained '
+          f'with dataset.name={name!r} but config.dataset.name='
+          f'{config.dataset.name!r}, whose metric and reference images '
+          f'evaluation uses: set --config.dataset.name={name}')
+  return students
+
+
+def check_sources(config, workdir, teacher, students_coming):
+  """The teacher and the finished students it will read; something to
+  evaluate (`students_coming`: a stage of this run makes students); the
+  Inception weights of a data set other than digits."""
+  if config.dataset.name != 'digits':
+    inception.load_inception_params(config.eval.inception_weights or None)
+  if teacher_need(config).made_in(config):
+    return
+  if teacher is not None:
+    _check_teacher(config, teacher)
+  students = _check_students(config, workdir)
+  if teacher is None and not students and not students_coming:
+    raise checkpoints.CheckpointError(
+        f'nothing to evaluate: --workdir={workdir} has no teacher checkpoint '
+        'and no finished student, and config.distill.teacher_checkpoint is '
+        f"unset; add '{teacher_stage.NAME}' or '{distill_stage.NAME}' to "
+        'config.stages, or set --config.distill.teacher_checkpoint=PATH')
+
+
+phase_plan = base.no_plan
+student_steps = base.no_students
+
+
+def resume_dirs(config, workdir):
+  """None: rows already measured are in results.json."""
+  del config, workdir
+  return []
+
+
+def directory(workdir):
+  return layout.stage_dir(workdir, NAME)
+
+
+def directories(workdir):
+  """No sample grids: its outputs are in directory(workdir)."""
+  del workdir
+  return []
 
 
 def _real_batches(config):
@@ -174,9 +300,10 @@ def evaluate(config, workdir, teacher=None):
   `teacher` is the resolved teacher to sweep (preflight's), or None to
   resolve it now if there is one.
   """
-  if teacher is None and teacher_lib.exists(config, workdir, 'eval'):
-    teacher = teacher_lib.resolve(config, workdir, 'eval')
-  eval_dir = layout.eval_dir(workdir)
+  need = teacher_need(config)
+  if teacher is None and teacher_lib.exists(config, workdir, need):
+    teacher = teacher_lib.resolve(config, workdir, need)
+  eval_dir = directory(workdir)
   metric = metrics_lib.make_metric(config.dataset.name,
                                    config.eval.inception_weights)
   if jax.process_index() == 0:
@@ -206,8 +333,8 @@ def evaluate(config, workdir, teacher=None):
   if jax.process_index() == 0:
     write_outputs(rows, metric.name, eval_dir)
   if measured:
-    timing.record(layout.timing_path(workdir), 'eval', time.time() - t0, rows=measured,
-                  samples=samples)
+    timing.record(layout.timing_path(workdir), NAME, time.time() - t0,
+                  rows=measured, samples=samples)
   return rows
 
 
@@ -332,3 +459,37 @@ def plot_quality_vs_steps(rows, metric_name):
   ax.grid(True, which='both', alpha=0.3)
   ax.legend()
   return _png(fig, plt)
+
+
+def run(config, workdir, teacher):
+  evaluate(config, workdir, teacher)
+
+
+def _forward_flops(config, model, params, batch):
+  """XLA's FLOP count of one network evaluation of one image (eval mode)."""
+  b = batch(config, 1)
+  lowered = jax.jit(lambda p, x, y: model.apply(
+      {'params': p}, x, jnp.zeros((1,)), y, train=False)).lower(
+          params, b['image'], b['label'])
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops') or 0.)
+
+
+def flops_line(config, plan, batch):
+  """Network evaluations of one image in all of evaluation's rows: the
+  teacher's sweep and each of `plan.student_steps` (preflight's plan)."""
+  e = config.eval
+  ws = ([float(w) for w in e.guidance]
+        if dataset_info.has_null_class(config) else [0.])
+  # A guided teacher evaluates twice per step at w != 0; a student once.
+  teacher = sum(2 if w else 1 for w in ws) * len(e.teacher_samplers) * sum(
+      e.sample_steps)
+  students = len(ws) * len(e.student_samplers) * sum(plan.student_steps)
+  evals = teacher + students
+  model = models.create_model(config)
+  return (NAME, evals * e.num_samples * e.num_seeds, 1,
+          _forward_flops(config, model,
+                         models.abstract_params(model, config), batch),
+          [f'{evals} network evaluations per sample, {e.num_samples:,} '
+           f'samples x {e.num_seeds} seed(s)'], 'network evaluation')

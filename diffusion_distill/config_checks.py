@@ -188,10 +188,6 @@ def _nearest_working_ch(ch, ch_mult, num_res_blocks):
 def _check_model(config):
   m = config.model
   info = dataset_info.of(config)
-  require(m.guidance_embedding is False, 'model.guidance_embedding',
-          m.guidance_embedding,
-          'the guided stages give their students the w input themselves '
-          '(with guidance.label_dropout > 0): leave it False')
   require(_is_int(m.ch) and m.ch >= 4 and m.ch % 2 == 0, 'model.ch', m.ch,
           'use an even width of at least 4 (the time embedding has ch '
           'features)')

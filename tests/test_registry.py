@@ -151,3 +151,23 @@ def test_a_started_stage_freezes_its_own_fields(probe):
     config_checks.resume_changes(saved, config, '/wd', {'probe'})
   assert config_checks.resume_changes(saved, config, '/wd', {'distill'}) == [
       ('consistency.learning_rate', 1e-4, 1e-3)]
+
+
+def test_a_teacher_trained_here_is_the_one_every_stage_uses(digits_dir):
+  """With 'teacher' in the run, a distill.teacher_checkpoint elsewhere would
+  be ignored by each stage that needs a teacher: the guide stage too (the
+  stage strings listed only the rounds, consistency and evaluation, so a
+  guide stage trained from the named checkpoint instead)."""
+  for stages in (('teacher', 'guide'), ('teacher', 'distill'),
+                 ('teacher', 'eval')):
+    config = tiny.tiny_config(digits_dir, **{
+        'stages': stages, 'distill.teacher_checkpoint': '/elsewhere'})
+    with pytest.raises(config_checks.ConfigError,
+                       match="drop 'teacher' from config.stages"):
+      config_checks.check_teacher_choice(config, '/wd')
+  config = tiny.tiny_config(digits_dir, **{
+      'stages': ('teacher',), 'distill.teacher_checkpoint': '/elsewhere'})
+  config_checks.check_teacher_choice(config, '/wd')  # Nothing uses it.
+  config.stages = ('teacher', 'distill')
+  config.distill.teacher_checkpoint = '/wd/teacher'
+  config_checks.check_teacher_choice(config, '/wd')  # The one trained here.

@@ -93,6 +93,12 @@ def check(config):
   """Guidance needs labels and label dropout; w is sampled where learned."""
   g = config.guidance
   stages = tuple(config.stages)
+  m = config.model
+  require(m.guidance_embedding is False, 'model.guidance_embedding',
+          m.guidance_embedding,
+          "the guided stages give their students the w input themselves "
+          f"('{NAME}' and the rounds after it, with guidance.label_dropout "
+          '> 0): leave it False')
   if g.label_dropout:
     require(config.dataset.class_conditional, 'guidance.label_dropout',
             g.label_dropout,

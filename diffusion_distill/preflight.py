@@ -180,6 +180,8 @@ def check(config, workdir, *, target=True) -> Plan:
     input_pipeline.resolve_image_folder(config)
     check_resume(config, workdir)
     check_dispatch_resume(config, workdir)
+    for name in config.stages:
+      stages_lib.REGISTRY[name].check_files(config)
     input_pipeline.check_data_available(config)
     teachers = check_sources(config, workdir)
   phases, student_steps = {}, []

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, 'diffusion_distill')
 # What each stage module declares (stages/__init__.py).
 INTERFACE = ('NAME', 'SECTION', 'LOCAL_BATCH', 'MAKES_STUDENTS', 'RANGES',
-             'FROZEN', 'check', 'teacher_need', 'check_sources', 'phase_plan',
+             'FROZEN', 'check', 'check_files', 'teacher_need', 'check_sources', 'phase_plan',
              'student_steps', 'resume_dirs', 'directories', 'flops_line',
              'run')
 
@@ -88,6 +88,7 @@ def _probe_stage(calls):
       RANGES={'consistency.num_steps': (lambda v: v < 1000, 'use < 1000')},
       FROZEN=('consistency.learning_rate',),
       check=lambda config: calls.append(('check',)),
+      check_files=lambda config: calls.append(('check_files',)),
       teacher_need=lambda config: teacher_lib.Need(maker=teacher_stage.NAME),
       check_sources=lambda config, workdir, teacher, coming: calls.append(
           ('check_sources', teacher.num_sample_steps, coming)),
@@ -127,7 +128,7 @@ def test_a_stage_in_the_registry_alone_is_checked_planned_and_run(
   workdir = str(tmp_path / 'wd')
   plan = preflight.check(config, workdir)
   # Its teacher resolved (8 steps), its plan from it, evaluation's count.
-  assert ('check_sources', 8, True) in probe
+  assert ('check_sources', 8, True) in probe and ('check_files',) in probe
   assert plan.phases == {'probe': [(2, 8, 3)]} and plan.student_steps == [2]
   text = preflight.describe(config, workdir, plan)
   assert '  probe: 3 steps at batch 8' in text and 'plan [(2, 8, 3)]' in text

@@ -6,6 +6,7 @@ Each stage is one module that declares, in one place:
                   devices; over the local ones where LOCAL_BATCH)
   RANGES, check   its fields' ranges and the checks across them
   FROZEN          what a re-run may not change once it has started
+  check_files     the files it reads besides data and checkpoints
   teacher_need    the teacher it needs (teacher.Need), None if it trains
                   from the data; check_sources checks it and the workdir
   phase_plan      its plan from the teacher's step count (None if it has

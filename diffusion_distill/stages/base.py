@@ -2,13 +2,19 @@
 
 A stage without a plan (the teacher, guide and evaluation: their length is
 a config field) declares `phase_plan = base.no_plan` and `student_steps =
-base.no_students`; a stage of students in WORKDIR/NAME/student_NNNNN (the
+base.no_students`; one that reads no other file, `check_files =
+base.no_files`; a stage of students in WORKDIR/NAME/student_NNNNN (the
 rounds, consistency) finds them with student_resume_dirs and student_dirs.
 """
 
 import os
 
 from diffusion_distill import layout
+
+
+def no_files(config):
+  """A stage that reads no file besides the data and checkpoints."""
+  del config
 
 
 def no_plan(config, teacher_num_steps):

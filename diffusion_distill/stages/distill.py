@@ -107,6 +107,8 @@ def check(config):
             "as alpha -> 0); use 'x', 'v' or 'both'")
 
 
+check_files = base.no_files
+
 def teacher_need(config):
   """The teacher; in a guided run, the guide stage's student (takes w)."""
   if dataset_info.has_null_class(config):

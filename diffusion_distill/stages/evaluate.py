@@ -91,6 +91,12 @@ def check(config):
           e.inception_weights, 'give a path, or leave it empty for the default')
 
 
+def check_files(config):
+  """The Inception weights of a data set other than digits."""
+  if config.dataset.name != 'digits':
+    inception.load_inception_params(config.eval.inception_weights or None)
+
+
 def teacher_need(config):
   """The run's teacher, if there is one (students are evaluated alone)."""
   del config
@@ -133,10 +139,7 @@ def _check_students(config, workdir):
 
 def check_sources(config, workdir, teacher, students_coming):
   """The teacher and the finished students it will read; something to
-  evaluate (`students_coming`: a stage of this run makes students); the
-  Inception weights of a data set other than digits."""
-  if config.dataset.name != 'digits':
-    inception.load_inception_params(config.eval.inception_weights or None)
+  evaluate (`students_coming`: a stage of this run makes students)."""
   if teacher_need(config).made_in(config):
     return
   if teacher is not None:

@@ -128,6 +128,8 @@ def check(config):
             '(config.guidance.w_min, w_max): use w in that range')
 
 
+check_files = base.no_files
+
 def teacher_need(config):
   """The guided teacher (its null class trained)."""
   del config

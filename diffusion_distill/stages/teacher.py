@@ -93,6 +93,8 @@ def check(config):
     check_dispatch(f'train.{field}', t[field], k)
 
 
+check_files = base.no_files
+
 def teacher_need(config):
   """None: the teacher trains from the data."""
   del config

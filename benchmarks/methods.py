@@ -58,11 +58,17 @@ METHODS = {
 }
 # Variants that probe what the 1-step consistency students lack: at the
 # same budget, the teacher's grid N of PD's first round (16, not 64) or 8,
-# and TRACT in three phases (64 -> 16 -> 4 -> 1, 400 updates each).
+# the target rate, the weighting, and TRACT in three phases (64 -> 16 -> 4
+# -> 1, 400 updates each); and CD at three times the budget.
 VARIANTS = {
     'cd_n16': _consistency((1,), teacher_num_steps=16),
     'cd_n8': _consistency((1,), teacher_num_steps=8),
     'tract3': _consistency((16, 4, 1), UPDATES // 3, 0.5),
+    # CD from 16 steps with TRACT's target rate, or weighting every noise
+    # level alike (more weight at high noise, where one step starts).
+    'cd_n16_r05': _consistency((1,), UPDATES, 0.5, teacher_num_steps=16),
+    'cd_n16_const': _consistency((1,), teacher_num_steps=16,
+                                 loss_weighting='constant'),
     # Three times the budget: does more training close the 1-step gap?
     'cd_n16_x3': _consistency((1,), 3 * UPDATES, teacher_num_steps=16),
 }

@@ -28,12 +28,9 @@ def stage_order():
 
 
 ConfigError = field_checks.ConfigError
-UnknownFieldError = field_checks.UnknownFieldError
 require = field_checks.require
 _is_int = field_checks.is_int
 _is_number = field_checks.is_number
-_non_negative = field_checks.non_negative
-INT32_MAX = field_checks.INT32_MAX
 check_known_fields = field_checks.check_known_fields
 # Beyond these the cosine schedule's exp(-logsnr / 2), in float32, leaves
 # the normal range (it overflows at -177 and underflows at 104).
@@ -47,9 +44,7 @@ MAX_PREFETCH = 1000
 
 
 _count = field_checks.count
-_rate = field_checks.rate
 _COUNT = field_checks.COUNT
-_COUNT_OR_0 = field_checks.COUNT_OR_0
 
 # field -> (test, fix) of the fields of no stage's section (each stage's are
 # its RANGES). Fields with a choice of names are in _CHOICES, fields that

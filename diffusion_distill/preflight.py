@@ -135,21 +135,29 @@ def check_dispatch_resume(config, workdir):
             f'divides {step}')
 
 
+def stage_teacher(config, workdir, name, known=()):
+  """Stage `name`'s teacher, resolved, or None: a stage that trains from
+  the data, or whose optional teacher is not there. One of `known` (resolved
+  teachers) when it is the same checkpoint, so that it is loaded once."""
+  need = stages_lib.REGISTRY[name].teacher_need(config)
+  if need is None or need.optional and not config.distill.teacher_checkpoint \
+      and not teacher_lib.exists(config, workdir, need):
+    return None
+  teacher = teacher_lib.resolve(config, workdir, need)
+  same = [t for t in known if t is not None and t.checkpoint_dir and
+          t.checkpoint_dir == teacher.checkpoint_dir]
+  return same[0] if same else teacher
+
+
 def _resolve_teachers(config, workdir):
-  """{stage: teacher} of the stages whose teacher exists before the run
-  (one object for one checkpoint)."""
+  """{stage: teacher} of the stages whose teacher exists before the run."""
   out = {}
   for name in config.stages:
     need = stages_lib.REGISTRY[name].teacher_need(config)
-    if need is None or need.made_in(config):
-      continue
-    if need.optional and not config.distill.teacher_checkpoint and (
-        not teacher_lib.exists(config, workdir, need)):
-      continue
-    teacher = teacher_lib.resolve(config, workdir, need)
-    same = [t for t in out.values() if t.checkpoint_dir and
-            t.checkpoint_dir == teacher.checkpoint_dir]
-    out[name] = same[0] if same else teacher
+    if need is not None and not need.made_in(config):
+      teacher = stage_teacher(config, workdir, name, out.values())
+      if teacher is not None:
+        out[name] = teacher
   return out
 
 

@@ -19,7 +19,6 @@ import jax
 from diffusion_distill import preflight
 from diffusion_distill import stages as stages_lib
 from diffusion_distill.stages import evaluate
-from diffusion_distill import teacher as teacher_lib
 from diffusion_distill import timing
 from diffusion_distill import layout
 
@@ -35,16 +34,8 @@ class _Teachers:
 
   def __call__(self, stage):
     if stage not in self._by_stage:
-      teacher = None
-      need = stages_lib.REGISTRY[stage].teacher_need(self.config)
-      if need is not None and (not need.optional or teacher_lib.exists(
-          self.config, self.workdir, need)):
-        teacher = teacher_lib.resolve(self.config, self.workdir, need)
-        for other in self._by_stage.values():
-          if other is not None and other.checkpoint_dir and (
-              other.checkpoint_dir == teacher.checkpoint_dir):
-            teacher = other  # Its parameters are loaded once.
-      self._by_stage[stage] = teacher
+      self._by_stage[stage] = preflight.stage_teacher(
+          self.config, self.workdir, stage, self._by_stage.values())
     return self._by_stage[stage]
 
 
